@@ -1,0 +1,77 @@
+"""The `ovprof` command: wiring and error mapping only; each command lives in ovprof/commands/.
+
+    ovprof models
+    ovprof run --objective caption --encoder vit-debug --steps 5
+    ovprof env --json
+
+torch and deepspeed are imported inside the commands, so `ovprof --help` stays fast.
+Exit codes: 0 ok, 1 error, 2 bad input, 3 out of memory (a finding, not a crash), 4 timeout.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ovprof.commands import env as env_cmd
+from ovprof.commands import models as models_cmd
+from ovprof.commands import run as run_cmd
+from ovprof.errors import UsageError
+
+app = typer.Typer(
+    name="ovprof",
+    help="Efficiency profiling of vision-encoder pretraining: caption-only (OpenVision 2) vs CLIP-style "
+         "(OpenVision) under DeepSpeed.\n\nExit codes: 0 ok, 1 error, 2 bad input, 3 out of memory, 4 timeout.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")):
+    _state["debug"] = debug
+
+
+app.command("models", help=models_cmd.HELP)(models_cmd.models)
+app.command("run", help=run_cmd.HELP)(run_cmd.run)
+app.command("env", help=env_cmd.HELP)(env_cmd.env)
+
+
+def main() -> None:
+    from ovprof.config import ConfigError
+
+    try:
+        rc = app(standalone_mode=False)  # returns the code of a typer.Exit
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except SystemExit:
+        raise
+    except (ConfigError, UsageError) as e:
+        if _state["debug"]:
+            raise
+        _error_line(str(e))
+        sys.exit(2)
+    except Exception as e:  # noqa: BLE001 - mapped to one line unless --debug
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # click's own usage errors (typer vendors click)
+            e.show()
+            sys.exit(e.exit_code)
+        if _state["debug"]:
+            raise
+        _error_line(f"{type(e).__name__}: {e} (run with --debug for the traceback)")
+        sys.exit(1)
+
+
+def _error_line(msg: str) -> None:
+    """One line on stderr; the message is printed as plain text (no rich markup inside user values)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), msg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""One module per command. Heavy imports (torch, deepspeed, pandas) happen inside the functions."""

@@ -1,0 +1,91 @@
+"""`ovprof models`: presets with parameter counts and analytic GFLOPs per image.
+
+    ovprof models --objective caption --mask-ratio 0.65 --json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import typer
+
+from ovprof.commands.common import console, fmt, print_json
+
+HELP = ("List model presets: vision encoders with their parameter counts (per tower and total) beside the "
+        "published figure, and analytic forward / forward+backward GFLOPs per image for an objective.\n\n"
+        "Example: ovprof models --objective openvision --res 224 --json")
+
+
+def rows(objective: str, res: int, mask_ratio: float, mask_position: str) -> list[dict]:
+    from ovprof import presets
+    from ovprof.config import RunConfig
+    from ovprof.measure.flops import encoder_params, gflops_per_image, map_head_params, model_params
+
+    out = []
+    for name, e in presets.ENCODERS.items():
+        cfg = RunConfig(objective=objective, encoder=name, res=res, mask_ratio=mask_ratio,
+                        mask_position=mask_position).resolved()
+        towers = model_params(cfg)
+        head = map_head_params(e.tower) if e.published_includes_head else 0
+        trunk = encoder_params(name, cfg.res)
+        published = e.published_params
+        row = {
+            "encoder": name, "width": e.tower.width, "depth": e.tower.depth, "mlp": e.tower.mlp,
+            "heads": e.tower.heads, "patch": e.patch, "res": cfg.res, "tokens": cfg.num_patches,
+            "encoder_params": trunk,
+            "published_params": published,
+            "published_includes_map_head": e.published_includes_head,
+            "published_diff_pct": None if not published else 100 * ((trunk + head) / published - 1),
+            "text_encoder": cfg.text_encoder if cfg.uses_text_encoder else None,
+            "decoder": cfg.decoder if cfg.uses_decoder else None,
+            "params_by_tower": towers,
+            "total_params": towers["total"],
+            **gflops_per_image(cfg),
+        }
+        out.append(row)
+    return out
+
+
+def models(
+    objective: str = typer.Option("caption", help="caption | clip | openvision"),
+    res: int = typer.Option(0, help="Image side in pixels; 0 = each preset's native resolution."),
+    mask_ratio: float = typer.Option(0.0, help="Share of visual tokens dropped (OpenVision 2 keeps ~35%: 0.65)."),
+    mask_position: str = typer.Option("decoder", help="decoder (OpenVision 2) | encoder (FLIP)"),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    from ovprof import presets
+
+    r = rows(objective, res, mask_ratio, mask_position)
+    if json_out:
+        print_json({
+            "objective": objective, "mask_ratio": mask_ratio, "mask_position": mask_position,
+            "encoders": r,
+            "text_encoders": {k: dataclasses.asdict(v) for k, v in presets.TEXT_ENCODERS.items()},
+            "decoders": {k: dataclasses.asdict(v) for k, v in presets.DECODERS.items()},
+        })
+        return
+    from rich.table import Table
+
+    from rich import box
+
+    t = Table(title=f"objective={objective}, mask_ratio={mask_ratio} ({mask_position})", box=box.SIMPLE_HEAD, collapse_padding=True,
+              pad_edge=False, padding=(0, 1))
+    for col in ("encoder", "WxD", "p@res", "enc M", "pub M", "diff%", "total M", "fwd GF", "f+b GF"):
+        t.add_column(col, justify="left" if col == "encoder" else "right", no_wrap=True)
+    for x in r:
+        pub = x["published_params"]
+        t.add_row(
+            x["encoder"], f"{x['width']}x{x['depth']}", f"{x['patch']}@{x['res']}",
+            f"{x['encoder_params'] / 1e6:.1f}",
+            "-" if not pub else f"{pub / 1e6:.1f}" + ("*" if x["published_includes_map_head"] else ""),
+            fmt(x["published_diff_pct"], "+.2f"),
+            f"{x['total_params'] / 1e6:.1f}", f"{x['fwd_gflops_per_image']:.1f}",
+            f"{x['train_gflops_per_image']:.1f}",
+        )
+    c = console()
+    c.print(t)
+    towers = sorted({" + ".join(filter(None, [x["text_encoder"], x["decoder"]])) for x in r})
+    c.print(f"other towers (auto-paired): {', '.join(towers)}; sizes in --json")
+    c.print("* published figure includes a MAP pooling head: diff % compares encoder + that head.")
+    c.print("enc/pub/total M: millions of parameters. GF: GFLOPs per image (matmul model FLOPs, "
+            "backward = 2x forward; ovprof/measure/flops.py).")

@@ -1,0 +1,150 @@
+"""`ovprof run`: one measured training run in its own worker process, appended to a store.
+
+    ovprof run --objective caption --encoder vit-b16 --res 224 --mask-ratio 0.67 --batch 32 \\
+        --zero 2 --precision bf16 --steps 20 --warmup 5 --out results/runs.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ovprof.commands.common import console, fmt, gib, print_json
+from ovprof.errors import STATUS_EXIT, UsageError
+
+HELP = """Run one point: build the model, train it under DeepSpeed for warm-up + timed steps in a worker process, measure time and memory, append one record to the store and print a summary.
+
+Examples:
+
+  ovprof run --objective caption --encoder vit-debug --steps 5
+
+  ovprof run --objective openvision --encoder vit-debug --zero 3 --world-size 2 --out X.jsonl
+
+  ovprof run --objective caption --encoder vit-b16 --batch 64 --precision bf16 --set bucket_elems=5e7
+
+Exit codes: 0 ok, 1 error, 2 bad input, 3 out of memory (recorded as status oom), 4 timeout."""
+
+
+def load_ds_config(path: Optional[Path]) -> Optional[str]:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such DeepSpeed config file") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: a DeepSpeed config must be a JSON object")
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def check_devices(world_size: int, source: str | None = None) -> None:
+    """world_size must fit the machine: GPUs when CUDA is there, else CPU cores (one rank per core at most)."""
+    import os
+
+    from ovprof.config import ConfigError
+
+    if world_size <= 1:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        have, what = torch.cuda.device_count(), "CUDA devices"
+    else:
+        have, what = os.cpu_count() or 1, "CPU cores (no CUDA device)"
+    if world_size > have:
+        raise ConfigError(f"exceeds the {have} {what} available", source=source, key="world_size", value=world_size)
+
+
+def summarize(record: dict, store: str) -> None:
+    from rich.table import Table
+
+    c = console()
+    cfg, m, status = record["config"], record.get("metrics") or {}, record["status"]
+    head = (f"{cfg['objective']} {cfg['encoder']}@{cfg['res']} mask={cfg['mask_ratio']}({cfg['mask_position']}) "
+            f"batch={cfg['batch']}x{cfg['world_size']} zero={cfg['zero']} {cfg['precision']}")
+    color = {"ok": "green", "oom": "yellow"}.get(status, "red")
+    c.print(f"[bold {color}]{status}[/] {head}  run_id={record['run_id']}")
+    if status != "ok":
+        err = record.get("error") or {}
+        c.print(f"[{color}]{err.get('type', '')}: {str(err.get('message', '')).splitlines()[0][:300] if err.get('message') else ''}[/]")
+        c.print(f"log: {record.get('log_path')}  store: {store}")
+        return
+    t = Table(show_header=False, box=None)
+    t.add_row("step_time_ms median [p10, p90]",
+              f"{fmt(m.get('step_time_ms_median'))} [{fmt(m.get('step_time_ms_p10'))}, {fmt(m.get('step_time_ms_p90'))}]"
+              f" over {len(m.get('step_times_ms') or [])} steps")
+    t.add_row("samples_per_s", fmt(m.get("samples_per_s")))
+    t.add_row("tflops_per_s (per device) / mfu", f"{fmt(m.get('tflops_per_s'), '.3f')} / {fmt(m.get('mfu'), '.3f')}")
+    t.add_row("peak_tracked GiB", gib(m.get("peak_tracked_bytes")))
+    bd = m.get("tracked_breakdown_bytes") or {}
+    t.add_row("  by kind GiB", ", ".join(f"{k} {gib(v)}" for k, v in bd.items() if v))
+    t.add_row("peak_rss GiB (worker life / timed steps)",
+              f"{gib(m.get('peak_rss_bytes'))} / {gib(m.get('peak_rss_steps_bytes'))}")
+    if m.get("peak_allocated_bytes") is not None:
+        t.add_row("CUDA peak allocated / reserved GiB",
+                  f"{gib(m.get('peak_allocated_bytes'))} / {gib(m.get('peak_reserved_bytes'))}")
+        t.add_row("NVML process / device peak GiB",
+                  f"{gib(m.get('nvml_process_peak_bytes'))} / {gib(m.get('nvml_device_peak_bytes'))}")
+    t.add_row("startup_s / overhead_s", f"{fmt(m.get('startup_s'))} / {fmt(m.get('overhead_s'))}")
+    c.print(t)
+    c.print(f"record appended to {store}")
+
+
+def run(
+    objective: Optional[str] = typer.Option(None, help="caption | clip | openvision  [default: caption]"),
+    encoder: Optional[str] = typer.Option(None, help="Vision preset (see `ovprof models`)  [default: vit-debug]"),
+    res: Optional[int] = typer.Option(None, help="Image side in pixels  [default: the encoder's native]"),
+    mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", help="Share of visual tokens dropped, [0, 1)."),
+    mask_position: Optional[str] = typer.Option(None, "--mask-position", help="decoder (OpenVision 2) | encoder (FLIP)"),
+    batch: Optional[int] = typer.Option(None, help="Micro-batch per rank  [default: 8]"),
+    zero: Optional[int] = typer.Option(None, help="DeepSpeed ZeRO stage 0-3  [default: 0]"),
+    precision: Optional[str] = typer.Option(None, help="bf16 | fp16 | fp32  [default: fp32]"),
+    steps: Optional[int] = typer.Option(None, help="Timed steps  [default: 10]"),
+    warmup: Optional[int] = typer.Option(None, help="Warm-up steps before timing  [default: 3]"),
+    world_size: Optional[int] = typer.Option(None, "--world-size", help="Ranks; > 1 starts through torchrun."),
+    checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing",
+                                                 help="Activation checkpointing on every block."),
+    memory_budget: Optional[float] = typer.Option(None, "--memory-budget", metavar="GIB",
+                                                  help="Emulate a smaller device: CUDA memory fraction, or on CPU a "
+                                                       "cap on live tensor bytes. Over it: status oom."),
+    ds_config: Optional[Path] = typer.Option(None, "--ds-config", help="Base DeepSpeed JSON; ovprof's keys win."),
+    set_: list[str] = typer.Option([], "--set", help="Any run field, e.g. --set bucket_elems=5e7 (repeatable)."),
+    out: Path = typer.Option(Path("results/runs.jsonl"), "--out", help="JSONL store the record is appended to."),
+    timeout: float = typer.Option(1800.0, help="Kill the worker after this many seconds (status timeout)."),
+    launcher: str = typer.Option("torchrun", help="torchrun | deepspeed (for --world-size > 1)."),
+    hostfile: Optional[Path] = typer.Option(None, help="DeepSpeed hostfile for multi-node (implies --launcher deepspeed)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the record as JSON."),
+) -> None:
+    from ovprof.config import ExecOptions, from_mapping, parse_set
+
+    values = {k: v for k, v in {
+        "objective": objective, "encoder": encoder, "res": res, "mask_ratio": mask_ratio,
+        "mask_position": mask_position, "batch": batch, "zero": zero, "precision": precision, "steps": steps,
+        "warmup": warmup, "world_size": world_size, "checkpointing": checkpointing,
+        "memory_budget_gib": memory_budget, "ds_config_base": load_ds_config(ds_config),
+    }.items() if v is not None}
+    values.update(parse_set(set_))
+    cfg = from_mapping(values, source="command line")
+    if launcher not in ("torchrun", "deepspeed"):
+        raise UsageError(f"--launcher {launcher!r}: must be torchrun or deepspeed")
+    if hostfile is not None and not hostfile.exists():
+        raise UsageError(f"{hostfile}: no such hostfile")
+    if hostfile is None:
+        check_devices(cfg.world_size)
+    opts = ExecOptions(store=str(out), timeout_s=timeout, launcher=launcher,
+                       hostfile=str(hostfile) if hostfile else None)
+    from ovprof.runner.launch import run_point
+
+    if not json_out:
+        console(stderr=True).print(f"running {cfg.run_id} in a worker process (log under {out.parent}/logs) ...")
+    record = run_point(cfg, opts)
+    if json_out:
+        print_json(record)
+    else:
+        summarize(record, str(out))
+    raise typer.Exit(STATUS_EXIT.get(record["status"], 1))

@@ -1,0 +1,299 @@
+"""Frozen run configuration: what one measured point is, and its stable id.
+
+    ovprof run --objective caption --encoder vit-debug --batch 8 --steps 10
+
+Precedence: the defaults here, then a sweep file, then the command line. A
+`RunConfig` is validated when built; `resolved()` replaces "auto" fields so that
+`run_id` (a hash of the canonical JSON of the resolved config) names the point
+exactly. Execution details that do not change what is measured (store path,
+timeout, launcher) live in `ExecOptions` and are not part of the id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from ovprof import presets
+
+SCHEMA_VERSION = 1
+
+OBJECTIVES = ("caption", "clip", "openvision")
+MASK_POSITIONS = ("decoder", "encoder")
+PRECISIONS = ("bf16", "fp16", "fp32")
+LOSS_IMPLS = ("eager",)
+
+
+class ConfigError(ValueError):
+    """Bad user input. Rendered as one line: where, which key, which value, why."""
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None,
+                 value: Any = None, hint: str | None = None):
+        self.source, self.key, self.value, self.hint = source, key, value, hint
+        self.detail = message
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        where = []
+        if self.source:
+            where.append(self.source)
+        if self.key is not None:
+            where.append(f"key '{self.key}'")
+        if self.key is not None and self.value is not None:
+            where.append(f"value {self.value!r}")
+        head = ": ".join([", ".join(where)] if where else [])
+        msg = f"{head}: {self.detail}" if head else self.detail
+        if self.hint:
+            msg += f" ({self.hint})"
+        return msg
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One measured point. Every field changes what is measured, so all enter run_id."""
+
+    objective: str = "caption"  # caption (OpenVision 2) | clip | openvision (OpenVision 1)
+    encoder: str = "vit-debug"  # vision preset, see `ovprof models`
+    text_encoder: str = "auto"  # text tower for clip/openvision; auto pairs it with the encoder
+    decoder: str = "auto"  # caption decoder for caption/openvision; auto = dec-l (dec-debug for vit-debug)
+    res: int = 0  # image side in pixels; 0 = the encoder's native resolution
+    mask_ratio: float = 0.0  # share of visual tokens dropped, in [0, 1); 0 = no masking
+    mask_position: str = "decoder"  # decoder: drop encoder outputs (OpenVision 2); encoder: drop patches (FLIP)
+    batch: int = 8  # micro-batch per rank (images)
+    world_size: int = 1  # ranks (processes), one device each
+    zero: int = 0  # DeepSpeed ZeRO stage 0-3
+    precision: str = "fp32"  # bf16 | fp16 | fp32; GPUs want bf16 (CPUs without AVX512-BF16 run it ~10x slower)
+    steps: int = 10  # timed steps
+    warmup: int = 3  # untimed steps before them
+    seed: int = 0  # synthetic data and init seed
+    checkpointing: bool = False  # activation checkpointing on every transformer block
+    vocab_size: int = 32000  # tokenizer size of the papers
+    caption_len: int = 128  # synthetic caption tokens the decoder predicts (papers: 128)
+    text_len: int = 80  # text-encoder context (OpenVision: 80)
+    contrastive_weight: float = 1.0  # OpenVision loss = 1 x contrastive + 2 x caption
+    caption_weight: float = 2.0  # OpenVision 2 loss = 2 x caption cross-entropy
+    loss_impl: str = "eager"  # caption head + cross-entropy implementation
+    bucket_elems: int | None = None  # DeepSpeed reduce/allgather bucket (elements); None = DeepSpeed default 5e8
+    memory_budget_gib: float | None = None  # emulate a smaller device (per rank); None = the device's own
+    ds_config_base: str = "{}"  # user's base DeepSpeed config, canonical JSON; ours is merged over it
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # -- identity ---------------------------------------------------------------
+    def resolved(self) -> "RunConfig":
+        enc = presets.ENCODERS[self.encoder]
+        changes: dict[str, Any] = {}
+        if self.text_encoder == "auto":
+            changes["text_encoder"] = presets.auto_text_encoder(self.encoder)
+        if self.decoder == "auto":
+            changes["decoder"] = presets.auto_decoder(self.encoder)
+        if self.res == 0:
+            changes["res"] = enc.native_res
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.resolved().to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def run_id(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    # -- derived quantities -----------------------------------------------------
+    @property
+    def num_patches(self) -> int:
+        r = self.resolved()
+        return (r.res // presets.ENCODERS[r.encoder].patch) ** 2
+
+    @property
+    def kept_tokens(self) -> int:
+        """Visual tokens kept per sample after masking: round(N * (1 - mask_ratio)), at least 1."""
+        return max(1, round(self.num_patches * (1.0 - self.mask_ratio)))
+
+    @property
+    def uses_text_encoder(self) -> bool:
+        return self.objective in ("clip", "openvision")
+
+    @property
+    def uses_decoder(self) -> bool:
+        return self.objective in ("caption", "openvision")
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    """How a point is executed; does not change what is measured, so not in run_id."""
+
+    store: str = "results/runs.jsonl"  # JSONL store the record is appended to
+    timeout_s: float = 1800.0  # wall-clock limit of the worker
+    launcher: str = "torchrun"  # torchrun | deepspeed (for world_size > 1)
+    hostfile: str | None = None  # DeepSpeed hostfile for multi-node runs
+    log_dir: str | None = None  # where worker logs go; default: <store dir>/logs
+
+
+FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+_FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
+
+
+def _check(cond: bool, key: str, value: Any, msg: str, hint: str | None = None) -> None:
+    if not cond:
+        raise ConfigError(msg, key=key, value=value, hint=hint)
+
+
+def _choice(key: str, value: Any, options) -> None:
+    if value not in options:
+        near = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+        hint = f"did you mean {near[0]!r}?" if near else None
+        raise ConfigError(f"must be one of {', '.join(map(str, options))}", key=key, value=value, hint=hint)
+
+
+def validate(c: RunConfig) -> None:
+    _choice("objective", c.objective, OBJECTIVES)
+    _choice("encoder", c.encoder, tuple(presets.ENCODERS))
+    if c.text_encoder != "auto":
+        _choice("text_encoder", c.text_encoder, ("auto", *presets.TEXT_ENCODERS))
+    if c.decoder != "auto":
+        _choice("decoder", c.decoder, ("auto", *presets.DECODERS))
+    _choice("mask_position", c.mask_position, MASK_POSITIONS)
+    _choice("precision", c.precision, PRECISIONS)
+    _choice("loss_impl", c.loss_impl, LOSS_IMPLS)
+    _choice("zero", c.zero, (0, 1, 2, 3))
+    _check(0.0 <= c.mask_ratio < 1.0, "mask_ratio", c.mask_ratio, "must be in [0, 1)")
+    _check(c.batch >= 1, "batch", c.batch, "must be a positive integer")
+    _check(c.world_size >= 1, "world_size", c.world_size, "must be a positive integer")
+    _check(c.steps >= 1, "steps", c.steps, "must be at least 1 (timed steps)")
+    _check(c.warmup >= 0, "warmup", c.warmup, "must be >= 0")
+    _check(c.vocab_size >= 2, "vocab_size", c.vocab_size, "must be >= 2")
+    _check(c.caption_len >= 2, "caption_len", c.caption_len, "must be >= 2 (one token is predicted from another)")
+    _check(c.text_len >= 1, "text_len", c.text_len, "must be >= 1")
+    _check(c.res >= 0, "res", c.res, "must be a positive number of pixels (0 = native)")
+    if c.res:
+        patch = presets.ENCODERS[c.encoder].patch
+        # Not a multiple is fine (SoViT-400M/14@384 has 27 x 27 patches; the stride drops the rest).
+        _check(c.res >= patch, "res", c.res, f"is smaller than the patch size {patch} of {c.encoder}")
+    if c.objective == "clip" and c.mask_position == "decoder" and c.mask_ratio > 0:
+        raise ConfigError("clip has no decoder to mask for; use mask_position = \"encoder\" (FLIP)",
+                          key="mask_position", value=c.mask_position)
+    _check(c.bucket_elems is None or c.bucket_elems >= 1, "bucket_elems", c.bucket_elems, "must be a positive integer")
+    _check(c.memory_budget_gib is None or c.memory_budget_gib > 0, "memory_budget_gib", c.memory_budget_gib,
+           "must be a positive number of GiB")
+    try:
+        base = json.loads(c.ds_config_base)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"is not valid JSON ({e.msg})", key="ds_config_base", value=c.ds_config_base[:40]) from None
+    _check(isinstance(base, dict), "ds_config_base", c.ds_config_base[:40], "must be a JSON object")
+    if c.mask_position == "encoder" and c.mask_ratio > 0:
+        _check(c.kept_tokens >= 1, "mask_ratio", c.mask_ratio, "keeps no patch")
+
+
+def _coerce(key: str, value: Any, source: str | None) -> Any:
+    """Convert a TOML/CLI value to the field's type, or raise a one-line ConfigError."""
+    typ = _FIELD_TYPES[key]
+    try:
+        if typ == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise TypeError
+        if typ == "int" or typ == "int | None":
+            if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+                if typ == "int":
+                    raise TypeError
+                return None
+            if isinstance(value, bool):
+                raise TypeError
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise TypeError
+                return int(value)
+            return int(value)
+        if typ == "float" or typ == "float | None":
+            if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+                if typ == "float":
+                    raise TypeError
+                return None
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if typ == "str":
+            if key == "ds_config_base" and isinstance(value, Mapping):
+                return json.dumps(value, sort_keys=True, separators=(",", ":"))
+            if not isinstance(value, (str, int)) or isinstance(value, bool):
+                raise TypeError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ConfigError(f"expected {typ.replace(' | None', ' or none')}", source=source, key=key, value=value)
+
+
+def unknown_key_error(key: str, source: str | None, options=FIELD_NAMES) -> ConfigError:
+    near = difflib.get_close_matches(key, options, n=1)
+    hint = f"did you mean '{near[0]}'?" if near else f"known keys: {', '.join(options)}"
+    return ConfigError("unknown key", source=source, key=key, hint=hint)
+
+
+def from_mapping(values: Mapping[str, Any], *, base: RunConfig | None = None, source: str | None = None) -> RunConfig:
+    """Build a RunConfig from loose values (TOML table, --set pairs), naming bad keys and values."""
+    changes = {}
+    for key, value in values.items():
+        if key not in FIELD_NAMES:
+            raise unknown_key_error(key, source)
+        changes[key] = _coerce(key, value, source)
+    try:
+        return dataclasses.replace(base or RunConfig(), **changes)
+    except ConfigError as e:
+        if source and not e.source:
+            raise ConfigError(e.detail, source=source, key=e.key, value=e.value, hint=e.hint) from None
+        raise
+
+
+def parse_set(pairs: list[str], source: str = "--set") -> dict[str, Any]:
+    """Parse ['field=value', ...] from the command line; values are parsed as TOML scalars."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError("expected field=value", source=source, key=pair)
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        try:
+            out[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = raw
+    return out
+
+
+def record_config(c: RunConfig) -> dict[str, Any]:
+    """The fully resolved config as stored in a record."""
+    return c.resolved().to_dict()
+
+
+def config_from_record(d: Mapping[str, Any]) -> RunConfig:
+    return from_mapping({k: v for k, v in d.items() if k in FIELD_NAMES})
+
+
+def fields_help() -> list[tuple[str, str, str]]:
+    """(name, default, comment) for each field, read from this file's comments for `--help` text."""
+    import inspect
+
+    src = inspect.getsource(RunConfig)
+    out = []
+    for f in fields(RunConfig):
+        comment = ""
+        for line in src.splitlines():
+            s = line.strip()
+            if s.startswith(f"{f.name}:") and "#" in s:
+                comment = s.split("#", 1)[1].strip()
+        out.append((f.name, repr(f.default), comment))
+    return out
+

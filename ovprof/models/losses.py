@@ -1,0 +1,64 @@
+"""Losses: caption cross-entropy through the head, and CLIP's symmetric InfoNCE.
+
+    python -c "import ovprof.models.losses as L; help(L.caption_loss)"
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def caption_loss(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor, impl: str = "eager") -> torch.Tensor:
+    """Mean next-token cross-entropy of hidden (B, L, D) through a bias-free head (V, D) against targets (B, L).
+
+    eager: materializes logits (B, L, V) in the model dtype, then upcasts them to
+    fp32 for the cross-entropy, as a plain PyTorch training loop does.
+    """
+    if impl != "eager":
+        raise ValueError(f"unknown loss_impl {impl!r}")
+    logits = hidden @ head_weight.t()  # (B, L, V)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' rows, with gradient flowing back to this rank's rows (open_clip gather_with_grad)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE. image (B, E), text (B*c, E) with c captions per image (c = 1 or 2).
+
+    Local loss against the global batch: this rank's images against every
+    rank's texts and this rank's texts against every rank's images. With c = 2
+    (OpenVision) the image is contrasted against both of its captions: the loss
+    is the mean of the two B x (global B) problems.
+    """
+    import torch.distributed as dist
+
+    B = image.shape[0]
+    c = text.shape[0] // B
+    image = F.normalize(image.float(), dim=-1)
+    text = F.normalize(text.float(), dim=-1)
+    all_image, all_text = _gather(image), _gather(text)
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    labels = torch.arange(B, device=image.device) + rank * B
+    scale = logit_scale.float().exp().clamp(max=100)
+    loss = image.new_zeros(())
+    world_b = all_image.shape[0]
+    for i in range(c):
+        # all_text rows are laid out [rank0: cap0 (B), cap1 (B)], [rank1: ...]
+        txt_i = all_text.view(world_b // B, c, B, -1)[:, i].reshape(world_b, -1)  # (global B, E)
+        local_txt = text[i * B:(i + 1) * B]  # (B, E)
+        logits_i2t = scale * image @ txt_i.t()  # (B, global B)
+        logits_t2i = scale * local_txt @ all_image.t()  # (B, global B)
+        loss = loss + (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)) / 2
+    return loss / c

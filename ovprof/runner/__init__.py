@@ -1,0 +1,1 @@
+"""Runner: DeepSpeed config, the launcher (parent side) and the worker (one process per rank)."""
