@@ -44,7 +44,8 @@ class Objective(nn.Module):
             embed = t.width  # shared embedding width: the text tower's
             self.image_proj = nn.Linear(self.vision.width, embed, bias=False)
             self.text_proj = nn.Linear(t.width, embed, bias=False)
-            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+            # shape (1,), not a scalar: ZeRO-3 zero.Init cannot broadcast 0-dim parameters
+            self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))
         if c.objective == "caption":
             self.decoder = PrefixDecoder(presets.DECODERS[c.decoder], self.vision.width, c.vocab_size,
                                          c.caption_len, checkpointing=ck)

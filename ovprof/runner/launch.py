@@ -55,6 +55,17 @@ def worker_command(cfg: RunConfig, opts: ExecOptions, spec: Path, result_dir: Pa
             "--master_addr", "127.0.0.1", "--master_port", str(port), *worker]
 
 
+def die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies (no orphaned workers after a kill -9)."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 def _tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
     try:
         with open(path, "rb") as f:
@@ -141,7 +152,7 @@ def run_point(cfg: RunConfig, opts: ExecOptions | None = None, *, extra: dict | 
         timed_out = False
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True)
+                                    env=env, start_new_session=True, preexec_fn=die_with_parent)
             if on_start:
                 on_start(proc)
             try:

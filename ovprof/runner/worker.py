@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--result-dir", required=True)
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None)  # set by the deepspeed launcher
     args = ap.parse_args(argv)
+    from ovprof.runner.launch import die_with_parent
+
+    die_with_parent()  # under torchrun our parent is torchrun, which itself dies with the sweep
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     spec = json.loads(Path(args.spec).read_text())
