@@ -40,6 +40,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 app.command("models", help=models_cmd.HELP)(models_cmd.models)
 app.command("run", help=run_cmd.HELP)(run_cmd.run)
 app.command("env", help=env_cmd.HELP)(env_cmd.env)
+# -- more commands register below, one line each --
 
 
 def main() -> None:
