@@ -159,11 +159,8 @@ class TensorTracker(TorchDispatchMode):
                     self._add(st, cat)
         gc.collect()
         for obj in gc.get_objects():
-            try:
-                is_tensor = isinstance(obj, torch.Tensor)
-            except ReferenceError:
-                continue
-            if is_tensor:
+            # type(), not isinstance(): isinstance reads __class__, which wakes lazy/deprecated proxies
+            if issubclass(type(obj), torch.Tensor):
                 st = _storage(obj)
                 if st is not None and st.nbytes() > 0:
                     self._add(st, "other")

@@ -1,0 +1,46 @@
+"""Every preset is the model it claims to be: parameter counts against the published figures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ovprof import presets
+from ovprof.config import OBJECTIVES, RunConfig
+from ovprof.measure.flops import encoder_params, model_params
+from ovprof.models import build_model, tower_params
+from ovprof.models.vit import VisionTower
+
+
+@pytest.mark.parametrize("name", [n for n, e in presets.ENCODERS.items() if e.published_params])
+def test_encoder_matches_published_count_within_2pct(name):
+    e = presets.ENCODERS[name]
+    with torch.device("meta"):  # no memory: g/14 has a billion parameters
+        tower = VisionTower(e, e.native_res, pool="map" if e.published_includes_head else None)
+    built = sum(p.numel() for p in tower.parameters())
+    assert built == encoder_params(name, e.native_res, head=e.published_includes_head)
+    assert abs(built / e.published_params - 1) < 0.02, (name, built, e.published_params)
+
+
+@pytest.mark.parametrize("name", ["vit-l14", "vit-g14", "vit-b16"])
+def test_acceptance_sizes(name):
+    want = {"vit-l14": 304e6, "vit-g14": 1.01e9, "vit-b16": 86e6}[name]
+    assert abs(encoder_params(name, 224) / want - 1) < 0.02
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("encoder", ["vit-debug", "vit-b16", "vit-so400m14"])
+def test_analytic_tower_counts_equal_the_built_model(objective, encoder):
+    cfg = RunConfig(objective=objective, encoder=encoder)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert tower_params(model) == model_params(cfg)
+
+
+def test_auto_pairing_follows_the_reference():
+    assert RunConfig(encoder="vit-l14").resolved().decoder == "dec-l"
+    assert RunConfig(encoder="vit-l14", objective="clip").resolved().text_encoder == "text-l"
+    assert RunConfig(encoder="vit-so400m14").resolved().text_encoder == "text-so400m"
+    assert RunConfig(encoder="vit-h14").resolved().text_encoder == "text-h"
+    assert presets.TEXT_ENCODERS["text-l"].width == 768 and presets.TEXT_ENCODERS["text-l"].depth == 12
+    assert presets.TEXT_ENCODERS["text-so400m"].depth == 27
