@@ -70,7 +70,8 @@ class RunConfig:
     steps: int = 10  # timed steps
     warmup: int = 3  # untimed steps before them
     seed: int = 0  # synthetic data and init seed
-    checkpointing: bool = False  # activation checkpointing on every transformer block
+    checkpointing: bool = False  # activation checkpointing on the vision encoder's blocks (as both papers)
+    checkpointing_text: bool = False  # ... and on the text encoder's and decoder's blocks
     vocab_size: int = 32000  # tokenizer size of the papers
     caption_len: int = 128  # synthetic caption tokens the decoder predicts (papers: 128)
     text_len: int = 80  # text-encoder context (OpenVision: 80)

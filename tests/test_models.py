@@ -20,8 +20,9 @@ CASES = [
 @pytest.mark.parametrize("objective,position,ratio", CASES)
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_forward_backward_every_parameter_gets_a_finite_gradient(objective, position, ratio, checkpointing):
+    # checkpointing=True: every tower (vision and text), to exercise all recompute paths
     cfg = RunConfig(objective=objective, mask_position=position, mask_ratio=ratio, batch=3, vocab_size=256,
-                    caption_len=12, text_len=8, checkpointing=checkpointing)
+                    caption_len=12, text_len=8, checkpointing=checkpointing, checkpointing_text=checkpointing)
     torch.manual_seed(0)
     model = build_model(cfg)
     loss = model(**make_batch(cfg, "cpu"))

@@ -108,7 +108,8 @@ def run(
     warmup: Optional[int] = typer.Option(None, help="Warm-up steps before timing  [default: 3]"),
     world_size: Optional[int] = typer.Option(None, "--world-size", help="Ranks; > 1 starts through torchrun."),
     checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing",
-                                                 help="Activation checkpointing on every block."),
+                                                 help="Activation checkpointing on the vision encoder (as the "
+                                                      "papers); --set checkpointing_text=true adds the text towers."),
     memory_budget: Optional[float] = typer.Option(None, "--memory-budget", metavar="GIB",
                                                   help="Emulate a smaller device: CUDA memory fraction, or on CPU a "
                                                        "cap on live tensor bytes. Over it: status oom."),

@@ -66,6 +66,9 @@ class TensorTracker(TorchDispatchMode):
         self.peak_bytes = 0
         self.peak_breakdown_bytes: dict[str, int] = dict(self.by_category)
         self._phase = "other"
+        self.phase_peak_bytes: dict[str, int] = {}  # highest live bytes seen inside each phase
+        self.start_bytes = 0  # live bytes when the peak was last reset (the resident state)
+        self.start_breakdown_bytes: dict[str, int] = dict(self.by_category)
         self._hooks: list = []
 
     # -- bookkeeping ----------------------------------------------------------------
@@ -88,6 +91,8 @@ class TensorTracker(TorchDispatchMode):
         if self.live_bytes > self.peak_bytes:
             self.peak_bytes = self.live_bytes
             self.peak_breakdown_bytes = dict(self.by_category)
+        if self.live_bytes > self.phase_peak_bytes.get(self._phase, 0):
+            self.phase_peak_bytes[self._phase] = self.live_bytes
         if self.budget_bytes is not None and self.live_bytes > self.budget_bytes:
             raise BudgetExceeded(
                 f"{BUDGET_MESSAGE}: {self.live_bytes / 2**30:.3f} GiB live > budget {self.budget_bytes / 2**30:.3f} GiB")
@@ -142,6 +147,7 @@ class TensorTracker(TorchDispatchMode):
     def phase(self, name: str):
         """forward | backward | optimizer: decides the category of what is allocated inside."""
         prev, self._phase = self._phase, name
+        self.phase_peak_bytes[name] = max(self.phase_peak_bytes.get(name, 0), self.live_bytes)
         try:
             yield
         finally:
@@ -175,6 +181,9 @@ class TensorTracker(TorchDispatchMode):
     def reset_peak(self) -> None:
         self.peak_bytes = self.live_bytes
         self.peak_breakdown_bytes = dict(self.by_category)
+        self.phase_peak_bytes = {}
+        self.start_bytes = self.live_bytes
+        self.start_breakdown_bytes = dict(self.by_category)
 
     def __exit__(self, *exc):
         for h in self._hooks:

@@ -35,8 +35,8 @@ class Objective(nn.Module):
     def __init__(self, cfg: RunConfig):
         super().__init__()
         self.cfg = c = cfg.resolved()
-        ck = c.checkpointing
-        self.vision = VisionTower(presets.ENCODERS[c.encoder], c.res, checkpointing=ck)
+        ck = c.checkpointing_text
+        self.vision = VisionTower(presets.ENCODERS[c.encoder], c.res, checkpointing=c.checkpointing)
         self.keep = c.kept_tokens if c.mask_ratio > 0 else None
         if c.uses_text_encoder:
             t = presets.TEXT_ENCODERS[c.text_encoder]

@@ -99,14 +99,14 @@ def merge_ranks(ranks: list[dict]) -> tuple[dict, dict]:
     base = next((r for r in ranks if r.get("rank") == 0), ranks[0])
     for key, value in (base.get("metrics") or {}).items():
         vals = [r["metrics"].get(key) for r in ranks if r.get("metrics")]
-        if key.startswith("peak_") or key.endswith(("_peak_bytes", "_retries", "oom_count")):
-            nums = [v for v in vals if isinstance(v, (int, float))]
-            merged[key] = max(nums) if nums else None
-        elif key == "tracked_breakdown_bytes":
-            # the breakdown of the rank with the highest tracked peak
-            top = max((r for r in ranks if r.get("metrics", {}).get("peak_tracked_bytes") is not None),
+        if isinstance(value, dict):
+            # breakdowns come from the rank with the highest tracked peak, kept whole
+            top = max((r for r in ranks if (r.get("metrics") or {}).get("peak_tracked_bytes") is not None),
                       key=lambda r: r["metrics"]["peak_tracked_bytes"], default=base)
             merged[key] = top["metrics"].get(key)
+        elif key.startswith("peak_") or key.endswith(("_peak_bytes", "_retries", "oom_count")):
+            nums = [v for v in vals if isinstance(v, (int, float))]
+            merged[key] = max(nums) if nums else None
         elif key == "step_time_ms_median":
             nums = [v for v in vals if isinstance(v, (int, float))]
             merged[key] = max(nums) if nums else None  # the slowest rank sets the pace

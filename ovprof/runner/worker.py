@@ -188,6 +188,8 @@ class Runner:
             tr = self._tracked(engine, model, batch, step, budget=cpu_budget, prev=tr)
         self.metrics["peak_tracked_bytes"] = tr.peak_bytes
         self.metrics["tracked_breakdown_bytes"] = tr.peak_breakdown_bytes
+        self.metrics["tracked_phase_peak_bytes"] = tr.phase_peak_bytes  # forward / backward / optimizer
+        self.metrics["tracked_start_breakdown_bytes"] = tr.start_breakdown_bytes  # resident at the step's start
         self.metrics["tracked_steps"] = TRACKED_STEPS
 
         from ovprof.measure.memory import peak_rss_bytes_self
