@@ -1,0 +1,97 @@
+"""`ovprof estimate`: the two methods agree, and both predict what a real run measures."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from ovprof.config import ExecOptions, RunConfig
+from ovprof.estimate import estimate, max_batch
+from ovprof.runner.launch import run_point
+
+from conftest import ovprof
+
+# The analytic activation formulas against fake execution of the real model: the stated bound.
+ANALYTIC_VS_FAKE_BOUND = 0.15
+
+
+@pytest.mark.parametrize("kw", [
+    dict(objective="caption", encoder="vit-b16", batch=4, precision="bf16", zero=0),
+    dict(objective="caption", encoder="vit-b16", batch=4, mask_ratio=0.65, zero=2, bucket_elems=10**7),
+    dict(objective="openvision", encoder="vit-s16", batch=4, zero=3, bucket_elems=10**7),
+    dict(objective="clip", encoder="vit-b16", batch=8, zero=1, bucket_elems=10**7),
+    dict(objective="caption", encoder="vit-b16", batch=4, checkpointing=True, precision="bf16"),
+    dict(objective="openvision", encoder="vit-debug", batch=4, vocab_size=512, caption_len=16, text_len=8),
+])
+def test_analytic_and_fake_peaks_agree_within_the_stated_bound(kw):
+    cfg = RunConfig(**kw)
+    fake = estimate(cfg, "fake", "flash").peak_bytes
+    analytic = estimate(cfg, "analytic", "flash").peak_bytes
+    assert abs(analytic / fake - 1) < ANALYTIC_VS_FAKE_BOUND, (analytic, fake)
+
+
+def test_flash_attention_never_keeps_scores_but_math_does():
+    cfg = RunConfig(objective="openvision", encoder="vit-b16", batch=2)
+    flash = estimate(cfg, "fake", "flash").activations_bytes
+    math = estimate(cfg, "fake", "math").activations_bytes
+    assert math > flash * 1.05
+
+
+def test_masking_and_zero_move_the_estimate_the_right_way():
+    base = RunConfig(encoder="vit-b16", batch=8, precision="bf16")
+    masked = dataclasses.replace(base, mask_ratio=0.65)
+    assert estimate(masked, "analytic").activations_bytes < estimate(base, "analytic").activations_bytes
+    z0 = estimate(dataclasses.replace(base, world_size=8), "analytic")
+    z3 = estimate(dataclasses.replace(base, world_size=8, zero=3, bucket_elems=10**6), "analytic")
+    assert z3.optimizer_state_bytes * 7 < z0.optimizer_state_bytes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kw", [
+    dict(objective="caption", zero=0),
+    dict(objective="openvision", zero=2, bucket_elems=2_000_000),
+    dict(objective="caption", zero=3, bucket_elems=2_000_000, mask_ratio=0.5),
+    dict(objective="clip", zero=1, bucket_elems=2_000_000, mask_position="encoder", mask_ratio=0.25),
+])
+def test_estimate_within_5pct_of_measured_peak_tracked_bytes(tmp_path, tiny, kw):
+    cfg = tiny(**kw)
+    rec = run_point(cfg, ExecOptions(store=str(tmp_path / "r.jsonl")))
+    measured = rec["metrics"]["peak_tracked_bytes"]
+    for method in ("fake", "analytic"):
+        est = estimate(cfg, method, "native").peak_bytes
+        assert abs(est / measured - 1) < 0.05, (method, est, measured)
+
+
+@pytest.mark.slow
+def test_predicted_max_batch_matches_real_runs_under_a_budget_within_one_step(tmp_path, tiny):
+    # Long captions and a mid-size vocabulary make each sample cost ~2 MB, so a batch step is visible.
+    cfg = tiny(vocab_size=4096, caption_len=64, zero=0)
+    budget_gib = 0.04
+    predicted, _ = max_batch(cfg, int(budget_gib * 2**30), "fake", "native")
+    assert predicted >= 4
+    store = str(tmp_path / "r.jsonl")
+    below = run_point(dataclasses.replace(cfg, batch=predicted - 1, memory_budget_gib=budget_gib),
+                      ExecOptions(store=store))
+    above = run_point(dataclasses.replace(cfg, batch=predicted + 1, memory_budget_gib=budget_gib),
+                      ExecOptions(store=store))
+    assert below["status"] == "ok", below.get("error")
+    assert above["status"] == "oom", above["metrics"].get("peak_tracked_bytes")
+
+
+def test_paper_table_puts_predicted_ratios_beside_the_papers():
+    r = ovprof("estimate", "--paper", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    l14 = next(x for x in rows if x["kind"] == "memory" and x["encoder"] == "vit-l14" and x["global_batch"] == 2048)
+    assert l14["paper_memory_ratio_x"] == pytest.approx(24.5 / 13.8)
+    assert l14["est_memory_ratio_x"] > 1.2  # caption-only is leaner
+    mb = [x for x in rows if x["kind"] == "max_batch"]
+    assert {x["device_gib"] for x in mb} == {32, 80}
+    assert all(x["est_max_batch_caption"] > x["est_max_batch_openvision"] for x in mb)
+
+
+def test_estimate_cli_bad_device_is_one_line():
+    r = ovprof("estimate", "--device", "h10")
+    assert r.returncode == 2 and "did you mean 'h100'" in r.stderr and "Traceback" not in r.stderr
