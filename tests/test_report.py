@@ -1,0 +1,452 @@
+"""`ovprof report` on frozen real records (tests/fixtures/records.jsonl): every number traced to a record.
+
+No DeepSpeed here: the fixture holds 20 debug-size runs made by tests/fixtures/make_records.py
+(caption/openvision/clip, mask ratios on both sides, ZeRO 0 and 2, an oom under a memory budget,
+a timeout, one run_id measured twice) and two max-batch summaries shaped like `ovprof sweep`'s.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, ovprof
+
+FIXTURE = ROOT / "tests" / "fixtures" / "records.jsonl"
+GIB = 2**30
+VARIANT = ("objective", "mask_ratio", "mask_position")
+BUDGET = 0.009
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def raw_records() -> list[dict]:
+    return [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
+
+
+def latest_runs() -> dict[str, dict]:
+    out = {}
+    for r in raw_records():
+        if r.get("kind", "run") == "run":
+            out[r["run_id"]] = r
+    return out
+
+
+def find(runs: dict, **cfg) -> dict:
+    hits = [r for r in runs.values() if all(r["config"].get(k) == v for k, v in cfg.items())]
+    assert len(hits) == 1, (cfg, [h["run_id"] for h in hits])
+    return hits[0]
+
+
+def row_of(frame: pd.DataFrame, **cells) -> pd.Series:
+    hit = frame
+    for k, v in cells.items():
+        hit = hit[hit[k] == v]
+    assert len(hit) == 1, (cells, len(hit))
+    return hit.iloc[0]
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    from ovprof.report.render import write_report
+
+    out = tmp_path_factory.mktemp("report")
+    store = out / "store.jsonl"
+    shutil.copy(FIXTURE, store)
+    rep = write_report([str(store)], out / "out", formats={"md", "html", "csv", "json"})
+    return rep
+
+
+# -- the savings table ----------------------------------------------------------------------------
+
+
+def test_savings_ratios_equal_hand_computed_values(report):
+    from ovprof.config import RunConfig, config_from_record
+    from ovprof.measure.flops import gflops_per_image
+
+    runs = latest_runs()
+    base = dict(batch=2, zero=0, memory_budget_gib=None)
+    ov = find(runs, objective="openvision", mask_ratio=0.0, **base)
+    cap = find(runs, objective="caption", mask_ratio=0.75, mask_position="decoder", **base)
+    clip = find(runs, objective="clip", mask_ratio=0.0, **base)
+    row = row_of(report.tables["savings"].frame, batch_per_device=2, zero=0, caption_variant="mask 0.75 (decoder)",
+                 other_settings="no memory budget")
+    m_ov, m_cap = ov["metrics"], cap["metrics"]
+    assert row["openvision_step_ms_median"] == m_ov["step_time_ms_median"]
+    assert row["caption_step_ms_p10"] == m_cap["step_time_ms_p10"]
+    assert row["caption_step_ms_p90"] == m_cap["step_time_ms_p90"]
+    assert row["clip_step_ms_median"] == clip["metrics"]["step_time_ms_median"]
+    assert row["speedup_x"] == pytest.approx(m_ov["step_time_ms_median"] / m_cap["step_time_ms_median"], rel=1e-12)
+    assert row["openvision_peak_tracked_gib"] == pytest.approx(m_ov["peak_tracked_bytes"] / GIB, rel=1e-12)
+    assert row["tracked_saving_x"] == pytest.approx(m_ov["peak_tracked_bytes"] / m_cap["peak_tracked_bytes"],
+                                                    rel=1e-12)
+    assert row["rss_saving_x"] == pytest.approx(m_ov["peak_rss_bytes"] / m_cap["peak_rss_bytes"], rel=1e-12)
+    f_ov = gflops_per_image(config_from_record(ov["config"]))["fwd_gflops_per_image"]
+    f_cap = gflops_per_image(RunConfig(**{k: v for k, v in cap["config"].items()}))["fwd_gflops_per_image"]
+    assert row["flops_x"] == pytest.approx(f_ov / f_cap, rel=1e-12)
+    assert row["openvision_run_id"] == ov["run_id"] and row["caption_run_id"] == cap["run_id"]
+
+
+def test_noisy_step_times_are_flagged(report):
+    f = report.tables["savings"].frame
+    wide = 0
+    for _, r in f.iterrows():
+        for s in ("openvision", "caption"):
+            med, lo, hi = (r[f"{s}_step_ms_{k}"] for k in ("median", "p10", "p90"))
+            if is_number(med) and (hi - lo) / med > 0.5:
+                wide += 1
+                break
+    assert wide > 0  # the fixture was recorded on a busy machine
+    assert any(n.startswith(f"{wide} of {len(f)} rows have a step time") for n in report.tables["savings"].notes)
+
+
+def test_the_latest_record_of_a_run_id_wins(report):
+    all_caps = [r for r in raw_records() if r.get("kind", "run") == "run" and r["config"]["objective"] == "caption"
+                and r["config"]["mask_ratio"] == 0.75 and r["config"]["mask_position"] == "decoder"
+                and r["config"]["batch"] == 2 and r["config"]["zero"] == 0
+                and r["config"]["memory_budget_gib"] is None]
+    assert len(all_caps) == 2 and all_caps[0]["run_id"] == all_caps[1]["run_id"]
+    first, last = (r["metrics"]["step_time_ms_median"] for r in all_caps)
+    assert first != last
+    row = row_of(report.tables["savings"].frame, batch_per_device=2, zero=0, caption_variant="mask 0.75 (decoder)",
+                 other_settings="no memory budget")
+    assert row["caption_step_ms_median"] == last
+    assert report.data.superseded == 1
+    assert report.data.runs["run_id"].is_unique
+
+
+def test_every_ratio_compares_runs_that_differ_in_the_objective_alone(report):
+    runs = latest_runs()
+    f = report.tables["savings"].frame
+    compared = 0
+    for _, row in f.iterrows():
+        for col, a, b in (("speedup_x", "openvision", "caption"), ("tracked_saving_x", "openvision", "caption")):
+            if not is_number(row[col]):
+                continue
+            ra, rb = runs[row[f"{a}_run_id"]], runs[row[f"{b}_run_id"]]
+            strip = lambda c: {k: v for k, v in c.items() if k not in VARIANT}  # noqa: E731
+            assert strip(ra["config"]) == strip(rb["config"])
+            assert ra["config"]["objective"] != rb["config"]["objective"]
+            assert (ra["env"]["cpu_model"], ra["env"]["torch"], ra["env"]["deepspeed"]) == \
+                   (rb["env"]["cpu_model"], rb["env"]["torch"], rb["env"]["deepspeed"])
+            assert ra["config"]["mask_ratio"] == 0  # the paper's OpenVision is unmasked
+            compared += 1
+    assert compared >= 8
+
+
+def test_oom_timeout_and_missing_points_are_text_never_zero_or_nan(report):
+    f = report.tables["savings"].frame
+    b8 = row_of(f, batch_per_device=8, other_settings="memory budget 0.009 GiB")
+    assert b8["openvision_step_ms_median"] == "oom" and b8["openvision_peak_tracked_gib"] == "oom"
+    assert b8["speedup_x"] == "OpenVision oom" and b8["tracked_saving_x"] == "OpenVision oom"
+    assert is_number(b8["caption_step_ms_median"])
+    b16 = row_of(f, batch_per_device=16)
+    assert b16["caption_step_ms_median"] == "oom"
+    assert b16["openvision_step_ms_median"].startswith("no OpenVision run at batch 16")
+    assert b16["speedup_x"] == "no OpenVision run; caption-only oom"
+    b4 = row_of(f, batch_per_device=4, other_settings="no memory budget")
+    assert b4["openvision_peak_tracked_gib"].startswith("no OpenVision run at batch 4")
+    # no cell anywhere is NaN/None, and a failed run never shows as a 0
+    for name, t in report.tables.items():
+        for col in t.frame.columns:
+            for v in t.frame[col]:
+                assert v is not None and not (isinstance(v, float) and math.isnan(v)), (name, col)
+    runs = report.tables["runs"].frame
+    timeout = runs[runs["status"] == "timeout"].iloc[0]
+    assert timeout["step_ms_median"] == "timeout" and "Timeout" in timeout["error"]
+    oom_runs = runs[runs["status"] == "oom"]
+    assert len(oom_runs) == 2 and (oom_runs["peak_tracked_gib"] == "oom").all()
+    md = (report.out / "report.md").read_text()
+    assert "| oom |" in md and "no OpenVision run at batch 16" in md
+
+
+def test_max_batch_comes_from_the_search_whose_config_matches_apart_from_batch(report):
+    mb = {r["config"]["objective"]: r for r in raw_records() if r.get("kind") == "max_batch"}
+    f = report.tables["savings"].frame
+    budget_rows = f[f["other_settings"] == "memory budget 0.009 GiB"]
+    assert len(budget_rows) == 4
+    for _, row in budget_rows.iterrows():
+        assert row["caption_max_batch"] == mb["caption"]["max_batch"] == 8
+        assert row["openvision_max_batch"] == mb["openvision"]["max_batch"] == 4
+        assert row["max_batch_x"] == pytest.approx(8 / 4)
+        assert row["clip_max_batch"] == "no max-batch search for CLIP"
+    other = f[f["other_settings"] != "memory budget 0.009 GiB"]
+    assert (other["max_batch_x"] == "no max-batch search").all()
+
+
+def test_mask_ratio_table_has_both_sides_with_the_records_numbers(report):
+    runs = latest_runs()
+    t = report.tables["mask_ratio"].frame
+    assert set(t["mask_position"]) == {"decoder", "encoder"}
+    cap = t[t["objective"] == "caption"]
+    assert sorted(zip(cap["mask_ratio"], cap["mask_position"])) == [
+        (0.0, "decoder"), (0.5, "decoder"), (0.5, "encoder"), (0.75, "decoder"), (0.75, "encoder")]
+    # masked openvision and FLIP-style clip appear here (and in no savings column); their records carry
+    # checkpointing_text, added to RunConfig after the others were written: they still group together
+    assert sorted(t[t["objective"] == "openvision"]["mask_ratio"]) == [0.0, 0.5]
+    assert sorted(zip(*[t[t["objective"] == "clip"][c] for c in ("mask_ratio", "mask_position")])) == [
+        (0.0, "decoder"), (0.5, "encoder")]
+    for _, row in t.iterrows():
+        r = runs[row["run_id"]]
+        assert (r["config"]["mask_ratio"], r["config"]["mask_position"]) == (row["mask_ratio"], row["mask_position"])
+        assert row["step_ms_median"] == r["metrics"]["step_time_ms_median"]
+        assert row["peak_tracked_gib"] == pytest.approx(r["metrics"]["peak_tracked_bytes"] / GIB)
+    enc = row_of(t, mask_ratio=0.75, mask_position="encoder")
+    assert enc["visual_tokens_kept"] == "4/16"  # (32/8)^2 = 16 patches, round(16 * 0.25)
+
+
+def test_zero_table_splits_the_peak_into_the_tracked_breakdown(report):
+    runs = latest_runs()
+    t = report.tables["zero"].frame
+    assert {0, 2} <= set(t["zero"])
+    parts = ("parameters", "gradients", "optimizer_state", "activations", "temporaries", "inputs", "other")
+    ok = t[t["status"] == "ok"]
+    assert len(ok) >= 6
+    for _, row in ok.iterrows():
+        bd = runs[row["run_id"]]["metrics"]["tracked_breakdown_bytes"]
+        for k in parts:
+            assert row[f"{k}_gib"] == pytest.approx(bd[k] / GIB)
+        assert sum(row[f"{k}_gib"] for k in parts) == pytest.approx(row["peak_tracked_gib"])
+        assert row["bucket_elems"] == 1_000_000
+    md = (report.out / "report.md").read_text()
+    assert "allocates its reduce bucket in full" in md and "1,000,000 elements" in md
+
+
+def test_batch_table_marks_the_device_limit_and_max_batch(report):
+    t = report.tables["batch"].frame
+    budget = t[t["other_settings"] == "memory budget 0.009 GiB"]
+    assert (budget["device_limit_gib"] == BUDGET).all()
+    cap = budget[budget["variant"] == "caption mask 0.75 (decoder)"]
+    assert list(cap["batch_per_device"]) == [2, 4, 8, 16] and list(cap["status"]) == ["ok", "ok", "ok", "oom"]
+    assert (cap["max_batch"] == 8).all()
+
+
+# -- the paper ------------------------------------------------------------------------------------
+
+
+def test_debug_settings_get_the_paper_reference_block_never_adjacent_columns(report):
+    from ovprof.report.tables import NOT_PAPER
+
+    f = report.tables["savings"].frame
+    assert (f["paper_setting"] == NOT_PAPER).all() and (f["paper_time_x"] == NOT_PAPER).all()
+    assert report.tables["paper_comparison"].frame.empty
+    ref = report.tables["paper_reference"]
+    l14 = row_of(ref.frame, paper_setting="ViT-L/14@224")
+    assert (l14["time_x"], l14["memory_x"], l14["max_batch_x"], l14["flops_x"]) == (1.46, 1.78, 4.0, 1.30)
+    assert any("Settings differ" in n and "vit-debug@32" in n and "not comparable" in n for n in ref.notes)
+    # the analytic FLOPs model on the paper's own architecture lands within a few percent of its figures
+    assert l14["analytic_caption_gflops_per_image"] == pytest.approx(208.90, rel=0.03)
+    assert l14["analytic_openvision_gflops_per_image"] == pytest.approx(271.75, rel=0.06)
+    assert l14["analytic_flops_x"] == pytest.approx(l14["analytic_openvision_gflops_per_image"]
+                                                    / l14["analytic_caption_gflops_per_image"])
+    html_text = (report.out / "report.html").read_text()
+    assert "Settings differ" in html_text and "271.75" in html_text and "1.46" in html_text
+
+
+def test_paper_columns_stand_beside_a_paper_setting(tmp_path):
+    """Relabel the batch-2 ZeRO-0 pair as ViT-L/14@224: the paper's figures fill adjacent columns."""
+    from ovprof.config import config_from_record
+    from ovprof.measure.flops import gflops_per_image
+    from ovprof.report.load import load
+    from ovprof.report.tables import build
+
+    recs = []
+    for r in raw_records():
+        c = r["config"]
+        if r.get("kind", "run") == "run" and c["batch"] == 2 and c["zero"] == 0 and c["memory_budget_gib"] is None \
+                and c["objective"] in ("caption", "openvision") and c["mask_position"] == "decoder" \
+                and c["mask_ratio"] in (0.0, 0.75):
+            recs.append(dict(r, config=dict(c, encoder="vit-l14", res=224, decoder="dec-l", text_encoder="text-l")))
+    store = tmp_path / "l14.jsonl"
+    store.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    tables = build(load([store]))
+    f = tables["savings"].frame
+    row = row_of(f, caption_variant="mask 0.75 (decoder)")
+    assert row["paper_setting"] == "ViT-L/14@224"
+    assert (row["paper_openvision_time_h"], row["paper_caption_time_h"]) == (83.0, 57.0)
+    assert row["paper_time_x"] == pytest.approx(83 / 57)
+    assert (row["paper_openvision_memory_gb"], row["paper_caption_memory_gb"]) == (24.5, 13.8)
+    assert row["paper_memory_x"] == pytest.approx(24.5 / 13.8)
+    assert row["paper_max_batch_x"] == 4.0 and row["paper_flops_x"] == pytest.approx(271.75 / 208.90)
+    for word in ("TPU v4", "JAX", "DeepSpeed", "fp32", "batch: 2 per device", "mask 0.75"):
+        assert word in row["differs_from_paper"]
+    cap_cfg = config_from_record(next(r["config"] for r in recs if r["config"]["mask_ratio"] == 0.75))
+    assert row["caption_fwd_gflops_per_image"] == pytest.approx(gflops_per_image(cap_cfg)["fwd_gflops_per_image"])
+    assert len(tables["paper_comparison"].frame) == len(f)
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+
+class _Imgs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs, self.external = [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.srcs.append(a.get("src", ""))
+        for key in ("src", "href"):
+            if a.get(key) and not a[key].startswith(("data:", "#")):
+                self.external.append((tag, a[key]))
+        if tag in ("link", "script"):
+            self.external.append((tag, a))
+
+
+def test_html_is_self_contained_with_every_plot_embedded(report):
+    pngs = sorted(report.out.glob("*.png"))
+    p = _Imgs()
+    p.feed((report.out / "report.html").read_text())
+    p.close()
+    assert p.external == []
+    assert len(p.srcs) == len(pngs)
+    assert all(s.startswith("data:image/png;base64,") for s in p.srcs)
+    embedded = sorted(base64.b64decode(s.split(",", 1)[1]) for s in p.srcs)
+    assert embedded == sorted(f.read_bytes() for f in pngs)
+
+
+def test_plots_are_written_as_valid_pngs(report):
+    pngs = sorted(report.out.glob("*.png"))
+    names = {f.name for f in pngs}
+    assert {"step_time.png", "peak_memory.png", "mask_ratio.png", "batch_memory.png", "zero_memory.png"} <= names
+    for f in pngs:
+        data = f.read_bytes()
+        assert len(data) > 5000 and data[:8] == b"\x89PNG\r\n\x1a\n", f
+    md = (report.out / "report.md").read_text()
+    assert all(f"]({n})" in md for n in names)
+
+
+def test_csv_and_json_round_trip(report):
+    from ovprof.report.render import table_records
+
+    doc = json.loads((report.out / "tables.json").read_text())
+    for name, t in report.tables.items():
+        assert doc["tables"][name]["rows"] == table_records(t), name
+        if t.frame.empty:
+            continue
+        back = pd.read_csv(report.out / f"{name}.csv", keep_default_na=False)
+        assert list(back.columns) == list(t.frame.columns)
+        for col in t.frame.columns:
+            for want, got in zip(t.frame[col], back[col]):
+                if is_number(want):
+                    assert float(got) == pytest.approx(float(want), rel=1e-12), (name, col)
+                else:
+                    assert str(got) == str(want), (name, col)
+    sav = doc["tables"]["savings"]["rows"]
+    assert any(r["speedup_x"] == "OpenVision oom" for r in sav)
+    assert all(any(u in h for u in ("ms", "GiB", " x", "GFLOPs", "batch", "ranks", "ZeRO", "px", "masking",
+                                    "precision", "settings"))
+               for h in doc["tables"]["savings"]["columns"].values())
+
+
+def test_formats_flag_writes_only_what_is_asked(tmp_path):
+    from ovprof.report.render import write_report
+
+    rep = write_report([str(FIXTURE)], tmp_path / "o", formats={"csv"})
+    names = {p.name for p in (tmp_path / "o").iterdir()}
+    assert "savings.csv" in names and "report.md" not in names and "report.html" not in names
+    assert "tables.json" not in names and sum(n.endswith(".png") for n in names) == len(rep.plots) >= 3
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+def test_cli_writes_the_report_directory(tmp_path):
+    (tmp_path / "results").mkdir()
+    shutil.copy(FIXTURE, tmp_path / "results" / "fix.jsonl")
+    r = ovprof("report", "--sweep", "fix", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "reports" / "fix"
+    for name in ("report.md", "report.html", "savings.csv", "tables.json", "step_time.png"):
+        assert (out / name).is_file(), name
+    assert "Savings" in r.stdout and "OpenVision oom" in r.stdout and "orientation only" in r.stdout
+
+
+def test_default_stores_and_names(tmp_path, monkeypatch):
+    from ovprof.commands.report import resolve_stores
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "b.jsonl").write_text("")
+    assert resolve_stores([], None) == (["results/b.jsonl"], "b")
+    (tmp_path / "results" / "a.jsonl").write_text("")
+    assert resolve_stores([], None) == (["results/a.jsonl", "results/b.jsonl"], "combined")
+    assert resolve_stores([], "a") == (["results/a.jsonl"], "a")
+    assert resolve_stores([Path("results/b.jsonl")], None) == (["results/b.jsonl"], "b")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["report", "missing.jsonl"], "missing.jsonl: no such store"),
+    (["report", "--sweep", "nope"], "results/nope.jsonl"),
+    (["report"], "results/*.jsonl matches nothing"),
+    (["report", str(FIXTURE), "--format", "md,pdf"], "unknown format pdf"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, needle):
+    r = ovprof(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "reports").exists()
+
+
+def test_cli_store_without_run_records_is_bad_input(tmp_path):
+    store = tmp_path / "mb.jsonl"
+    store.write_text("".join(line + "\n" for line in FIXTURE.read_text().splitlines() if '"max_batch"' in line
+                             and '"kind":"max_batch"' in line))
+    r = ovprof("report", str(store), cwd=tmp_path)
+    assert r.returncode == 2 and "no run records" in r.stderr
+
+
+def test_report_help_is_fast_and_light():
+    code = ("import sys, time; t = time.perf_counter(); from ovprof.cli import app; import typer.testing as tt; "
+            "r = tt.CliRunner().invoke(app, ['report', '--help']); assert r.exit_code == 0, r.output; "
+            "assert '--sweep' in r.output and '--format' in r.output, r.output; "
+            "print([m for m in ('torch', 'deepspeed', 'pandas', 'matplotlib') if m in sys.modules]); "
+            "print(time.perf_counter() - t)")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    heavy, seconds = out.stdout.strip().splitlines()
+    assert heavy == "[]", out.stdout + out.stderr
+    assert float(seconds) < 2.0 and time.perf_counter() - t0 < 10
+
+
+def test_cuda_records_get_allocator_columns_and_the_gpu_as_device_limit(tmp_path):
+    """The CPU fixture relabelled as GPU runs: CUDA memory sources appear, the GPU's memory is the limit."""
+    from ovprof.report.load import load
+    from ovprof.report.tables import build
+
+    recs = []
+    for r in raw_records():
+        if r.get("kind", "run") == "run" and r["config"]["memory_budget_gib"] is None:
+            m = dict(r.get("metrics") or {})
+            if r["status"] == "ok":
+                m.update(peak_allocated_bytes=m["peak_tracked_bytes"] * 2,
+                         peak_reserved_bytes=m["peak_tracked_bytes"] * 3,
+                         nvml_process_peak_bytes=m["peak_tracked_bytes"] * 4)
+            recs.append(dict(r, metrics=m, env=dict(r["env"], gpu_name="NVIDIA H100 80GB HBM3",
+                                                    gpu_memory_bytes=80 * GIB, cuda_available=True)))
+    store = tmp_path / "gpu.jsonl"
+    store.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    tables = build(load([store]))
+    row = row_of(tables["savings"].frame, batch_per_device=2, zero=0, caption_variant="no masking")
+    assert row["reserved_saving_x"] == pytest.approx(row["tracked_saving_x"])
+    assert row["openvision_peak_nvml_process_gib"] == pytest.approx(4 * row["openvision_peak_tracked_gib"])
+    assert row["hardware"] == "NVIDIA H100 80GB HBM3"
+    batch = tables["batch"].frame
+    assert (batch["device_limit_gib"] == 80.0).all() and "peak_reserved_gib" in batch
