@@ -55,9 +55,10 @@ def estimated_tables(runs: pd.DataFrame) -> dict[str, Table]:
     note = ("ESTIMATED, not measured: PyTorch + DeepSpeed ZeRO 3 over 32 ranks, bf16, activation checkpointing "
             "on the vision encoder only (as the paper), fused attention, OpenVision 2 keeping 35% of visual tokens. "
             "The paper measured JAX on TPU v4 (32 GiB chips): compare the ratios, not the GB.")
-    mem = pd.DataFrame([r for r in rows if r["kind"] == "memory"]).drop(columns=["kind"])
-    mem["paper_openvision_gb"] = mem["paper_openvision_gb"].map(lambda v: "OOM" if v is None else v)
-    mem["paper_memory_ratio_x"] = mem["paper_memory_ratio_x"].map(lambda v: "-" if v is None else v)
+    # A missing paper figure is text ("OOM" where the paper ran out, "-" where it has no number), never NaN.
+    mem = pd.DataFrame([{**r, "paper_openvision_gb": "OOM" if r["paper_openvision_gb"] is None else r["paper_openvision_gb"],
+                         "paper_memory_ratio_x": "-" if r["paper_memory_ratio_x"] is None else r["paper_memory_ratio_x"]}
+                        for r in rows if r["kind"] == "memory"], dtype=object).drop(columns=["kind"])
     mem_cols = [Column("encoder", "encoder"), Column("res", "res", "int"),
                 Column("global_batch", "global batch", "int"), Column("per_device_batch", "per device", "int"),
                 Column("est_openvision_gib", "est. OpenVision GiB", "gib"),
