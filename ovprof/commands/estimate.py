@@ -73,14 +73,18 @@ def _row(cfg, method: str, attention: str, device_bytes: Optional[int], mfu: flo
 
 
 def _configs(sweep_file: Optional[Path], values: dict):
+    """The points to estimate: the command line's one, or every point of a sweep file (flags act as --set)."""
     from ovprof.config import from_mapping
 
     if sweep_file is None:
         return [from_mapping(values, source="command line")]
-    from ovprof.sweep.spec import load_sweep
+    if not sweep_file.exists():
+        raise UsageError(f"{sweep_file}: no such sweep file")
+    from ovprof.sweep.spec import expand, field_value, load
 
-    spec = load_sweep(sweep_file, overrides=values)
-    return [p for p in spec.points if isinstance(p.batch, int)] if hasattr(spec, "points") else spec
+    overrides = {k: field_value(k, v, "command line") for k, v in values.items()}
+    # a batch = "max" point is estimated at its first trial's batch; give --device-memory for its max batch
+    return [plan.config for plan in expand(load(sweep_file), overrides).plans]
 
 
 def validate(stores: list[Path], methods: list[str]) -> dict:

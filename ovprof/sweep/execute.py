@@ -1,0 +1,273 @@
+"""Run the points of a sweep, each in its own worker, skipping what the store already holds.
+
+    from ovprof.sweep import spec, execute
+    outcome = execute.run_sweep(spec.expand(spec.load("sweeps/quickstart.toml")), ExecOptions(store=...))
+
+Every point goes through `run_point` (own process group, per-point timeout),
+which appends its record to the store the moment the worker ends; a failed
+point is a row and the sweep goes on. Resume is read from the store alone: a
+point whose run_id has an ok or oom record is done (a max-batch point: its
+summary record, with the same search options). Nothing else holds state, so
+a kill at any moment -- Ctrl-C, SIGKILL of this process or of a worker -- loses
+at most the point in flight, and the next run repeats none of the finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from ovprof.config import SCHEMA_VERSION, ExecOptions
+from ovprof.results import store
+from ovprof.results.store import DONE_STATUSES
+from ovprof.sweep import maxbatch
+from ovprof.sweep.progress import Reporter
+from ovprof.sweep.spec import Expansion, RunPlan
+
+FAILED_STATUSES = ("error", "timeout")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class StoreIndex:
+    """What the store already holds, read once, then kept current with the records this sweep appends."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.done: dict[str, dict] = {}  # run_id -> latest run record with status ok or oom
+        self.latest: dict[str, dict] = {}  # run_id -> latest run record, any status
+        self.max_summaries: dict[str, dict] = {}  # max-batch point id -> latest summary record
+        self.fresh: set[str] = set()  # run_ids this invocation ran (reused even under --rerun)
+        for rec in store.read(path):
+            self._index(rec)
+
+    def _index(self, rec: dict) -> None:
+        rid = rec.get("run_id")
+        if not isinstance(rid, str):
+            return
+        kind = rec.get("kind", "run")
+        if kind == "run":
+            self.latest[rid] = rec
+            if rec.get("status") in DONE_STATUSES:
+                self.done[rid] = rec
+        elif kind == "max_batch":
+            self.max_summaries[rid] = rec
+
+    def add(self, rec: dict) -> None:
+        self._index(rec)
+        self.fresh.add(rec["run_id"])
+
+    def done_run(self, run_id: str, rerun: bool) -> dict | None:
+        if rerun and run_id not in self.fresh:
+            return None
+        return self.done.get(run_id)
+
+    def done_point(self, plan: RunPlan, rerun: bool) -> dict | None:
+        """The record that makes this point done, or None when it must run."""
+        if not plan.is_max_batch:
+            return self.done_run(plan.run_id, rerun)
+        if rerun and plan.run_id not in self.fresh:
+            return None
+        rec = self.max_summaries.get(plan.run_id)
+        same = rec is not None and all(rec.get(k) == v for k, v in plan.max_batch.to_dict().items())
+        return rec if same and rec.get("status") in DONE_STATUSES else None
+
+
+@dataclass
+class PointOutcome:
+    plan: RunPlan
+    status: str  # ok | oom | error | timeout (a max-batch point: its summary's status)
+    record: dict | None  # the run record, or the max-batch summary record
+    skipped: bool = False  # done before this run started
+
+
+@dataclass
+class SweepOutcome:
+    expansion: Expansion
+    store: str
+    outcomes: list[PointOutcome] = field(default_factory=list)
+    interrupted: str | None = None  # the signal's name when stopped by SIGINT/SIGTERM
+    wall_s: float = 0.0
+    index: StoreIndex | None = None
+
+    @property
+    def ran(self) -> list[PointOutcome]:
+        return [o for o in self.outcomes if not o.skipped]
+
+    @property
+    def skipped(self) -> int:
+        return sum(o.skipped for o in self.outcomes)
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(o.status for o in self.ran)
+
+    @property
+    def done_total(self) -> int:
+        return sum(o.status in DONE_STATUSES for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[PointOutcome]:
+        return [o for o in self.outcomes if o.status in FAILED_STATUSES]
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 143 if self.interrupted == "SIGTERM" else 130
+        return 1 if self.failed else 0
+
+
+@contextlib.contextmanager
+def interrupts_as_keyboard_interrupt() -> Iterator[dict]:
+    """SIGTERM (a CI cancel, `kill`) stops the sweep the way Ctrl-C does: the worker goes, the store stays."""
+    seen = {"signal": "SIGINT"}
+
+    def on_term(signum, _frame):
+        seen["signal"] = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        yield seen
+        return
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run_sweep(expansion: Expansion, opts: ExecOptions, *, rerun: bool = False,
+              reporter: Reporter | None = None) -> SweepOutcome:
+    """Run every point not yet done; returns what happened (also when interrupted)."""
+    from ovprof.runner.launch import run_point
+
+    spec = expansion.spec
+    index = StoreIndex(opts.store)
+    out = SweepOutcome(expansion=expansion, store=opts.store, index=index)
+    todo: list[RunPlan] = []
+    for plan in expansion.plans:
+        rec = index.done_point(plan, rerun)
+        if rec is not None:
+            out.outcomes.append(PointOutcome(plan, rec["status"], rec, skipped=True))
+        else:
+            todo.append(plan)
+    rep = reporter or Reporter(len(todo))
+    if out.skipped:
+        rep.note(f"{out.skipped} of {len(expansion.plans)} points already have an ok or oom record in "
+                 f"{opts.store}: skipped (--rerun runs them again)")
+    t0 = time.monotonic()
+    with interrupts_as_keyboard_interrupt() as seen:
+        try:
+            for plan in todo:
+                rep.start(plan.label())
+                if plan.is_max_batch:
+                    rec = _max_batch_point(plan, opts, index, rerun, rep, spec.name)
+                    detail = _max_detail(rec)
+                else:
+                    rec = run_point(plan.config, opts, extra={"sweep": spec.name})
+                    index.add(rec)
+                    detail = _run_detail(rec)
+                out.outcomes.append(PointOutcome(plan, rec["status"], rec))
+                rep.finish(rec["status"], rec.get("wall_time_s"), detail)
+        except KeyboardInterrupt:
+            out.interrupted = seen["signal"]
+        finally:
+            rep.close()
+            out.wall_s = time.monotonic() - t0
+    return out
+
+
+def _first_line(s: object, n: int = 160) -> str:
+    text = str(s or "").strip().splitlines()
+    return text[0][:n] if text else ""
+
+
+def _run_detail(rec: dict) -> str:
+    if rec["status"] == "ok":
+        m = rec.get("metrics") or {}
+        med, peak = m.get("step_time_ms_median"), m.get("peak_tracked_bytes")
+        return (f"step {med:.1f} ms" if med is not None else "") + (
+            f", tracked peak {peak / 2**30:.3f} GiB" if peak is not None else "")
+    err = rec.get("error") or {}
+    return f"{err.get('type', '')}: {_first_line(err.get('message'))}  log: {rec.get('log_path')}"
+
+
+def _max_detail(rec: dict) -> str:
+    n = len(rec.get("trials") or [])
+    if rec["status"] == "ok":
+        oom = rec.get("first_oom_batch")
+        tail = f"first oom {oom}" if oom is not None else f"no oom up to limit {rec.get('limit')}"
+        return f"max batch {rec['max_batch']} ({tail}; {n} trials)"
+    if rec["status"] == "oom":
+        return f"even batch {rec.get('start')} is out of memory ({n} trial); lower [max_batch] start"
+    return f"{(rec.get('error') or {}).get('message', '')} ({n} trials)"
+
+
+def _max_batch_point(plan: RunPlan, opts: ExecOptions, index: StoreIndex, rerun: bool, rep: Reporter,
+                     sweep_name: str) -> dict:
+    """Search the largest batch for one point; every trial is a run record; returns the summary record."""
+    from ovprof.runner.launch import run_point
+
+    mb = plan.max_batch
+    records: dict[int, dict] = {}
+    started, t0 = _now(), time.perf_counter()
+
+    def attempt(batch: int) -> maxbatch.Trial:
+        cfg = dataclasses.replace(plan.config, batch=batch)
+        rec = index.done_run(cfg.run_id, rerun)
+        reused = rec is not None
+        if rec is None:
+            rep.trial(batch)
+            rec = run_point(cfg, opts, extra={"sweep": sweep_name, "max_batch_search": plan.run_id})
+            index.add(rec)
+        records[batch] = rec
+        return maxbatch.Trial(batch=batch, status=rec["status"], run_id=rec["run_id"], reused=reused)
+
+    result = maxbatch.search(mb, attempt, on_trial=lambda t: rep.trial(t.batch, t.status, t.reused))
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "max_batch",
+        "run_id": plan.run_id,
+        "sweep": sweep_name,
+        "config": plan.record_config(),
+        "status": result.status,
+        "max_batch": result.max_batch,
+        "first_oom_batch": result.first_oom_batch,
+        "limit_reached": result.limit_reached,
+        **mb.to_dict(),
+        "trials": [t.to_dict() for t in result.trials],
+        "trial_count": len(result.trials),
+        "growth_trials": result.growth_trials,
+        "trial_bound": maxbatch.trial_bound(mb, result.first_oom_batch),
+        "growth_trial_bound": maxbatch.growth_bound(mb, result.first_oom_batch),
+        "started_at": started,
+        "finished_at": _now(),
+        "wall_time_s": time.perf_counter() - t0,
+        "error": None,
+    }
+    if result.failed is not None:
+        bad = records[result.failed.batch]
+        err = bad.get("error") or {}
+        summary["error"] = {
+            "type": "TrialFailed",
+            "message": (f"trial batch={result.failed.batch} ended in {result.failed.status} "
+                        f"({err.get('type', '?')}: {_first_line(err.get('message'), 200)}); the search stops, "
+                        "since only an oom shows that a batch does not fit"),
+            "trial_run_id": bad.get("run_id"),
+            "log_path": bad.get("log_path"),
+        }
+    env = next((records[t.batch].get("env") for t in reversed(result.trials) if records[t.batch].get("env")), None)
+    summary["env"] = env
+    store.append(opts.store, summary)
+    index.max_summaries[plan.run_id] = summary
+    index.fresh.add(plan.run_id)
+    return summary
