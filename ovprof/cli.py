@@ -14,9 +14,13 @@ import sys
 
 import typer
 
+from ovprof.commands import check as check_cmd
 from ovprof.commands import env as env_cmd
+from ovprof.commands import estimate as estimate_cmd
 from ovprof.commands import models as models_cmd
+from ovprof.commands import report as report_cmd
 from ovprof.commands import run as run_cmd
+from ovprof.commands import sweep as sweep_cmd
 from ovprof.errors import UsageError
 
 app = typer.Typer(
@@ -37,10 +41,14 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _state["debug"] = debug
 
 
+# In the order a user meets them. Command modules import torch/deepspeed/pandas inside their functions.
 app.command("models", help=models_cmd.HELP)(models_cmd.models)
 app.command("run", help=run_cmd.HELP)(run_cmd.run)
+app.add_typer(sweep_cmd.app, name="sweep")
+app.command("report", help=report_cmd.HELP)(report_cmd.report)
+app.command("check", help=check_cmd.HELP)(check_cmd.check)
+app.command("estimate", help=estimate_cmd.HELP)(estimate_cmd.estimate)
 app.command("env", help=env_cmd.HELP)(env_cmd.env)
-# -- more commands register below, one line each --
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ SCHEMA_VERSION = 1
 OBJECTIVES = ("caption", "clip", "openvision")
 MASK_POSITIONS = ("decoder", "encoder")
 PRECISIONS = ("bf16", "fp16", "fp32")
-LOSS_IMPLS = ("eager",)
+LOSS_IMPLS = ("eager", "chunked", "triton")
 
 
 class ConfigError(ValueError):
@@ -234,6 +234,9 @@ def _coerce(key: str, value: Any, source: str | None) -> Any:
     else:
         return value
     raise ConfigError(f"expected {typ.replace(' | None', ' or none')}", source=source, key=key, value=value)
+
+
+coerce = _coerce  # public: sweep files coerce values field by field
 
 
 def unknown_key_error(key: str, source: str | None, options=FIELD_NAMES) -> ConfigError:

@@ -16,11 +16,9 @@ import typer
 from ovprof.commands.common import console, fmt, gib, print_json
 from ovprof.errors import UsageError
 
-HELP = """Predict per-device memory (parameters, gradients, optimizer state, activations, caption logits, peak),
-FLOPs, time per step and the max batch for a device, without running anything.
+HELP = """Predict per-device memory (parameters, gradients, optimizer state, activations, caption logits, peak), FLOPs, time per step and the max batch for a device, without running anything.
 
-Two methods: fake (executes the real model on fake tensors: exact for the model) and analytic (formulas);
-both add DeepSpeed's ZeRO buffers from one model (ovprof/estimate/zero.py).
+Two methods: fake (executes the real model on fake tensors: exact for the model) and analytic (formulas); both add DeepSpeed's ZeRO buffers from one model (ovprof/estimate/zero.py).
 
 Examples:
 

@@ -96,16 +96,16 @@ def summarize(record: dict, store: str) -> None:
 
 
 def run(
-    objective: Optional[str] = typer.Option(None, help="caption | clip | openvision  [default: caption]"),
-    encoder: Optional[str] = typer.Option(None, help="Vision preset (see `ovprof models`)  [default: vit-debug]"),
-    res: Optional[int] = typer.Option(None, help="Image side in pixels  [default: the encoder's native]"),
+    objective: Optional[str] = typer.Option(None, help="caption | clip | openvision  \\[default: caption]"),
+    encoder: Optional[str] = typer.Option(None, help="Vision preset (see `ovprof models`)  \\[default: vit-debug]"),
+    res: Optional[int] = typer.Option(None, help="Image side in pixels  \\[default: the encoder's native]"),
     mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", help="Share of visual tokens dropped, [0, 1)."),
     mask_position: Optional[str] = typer.Option(None, "--mask-position", help="decoder (OpenVision 2) | encoder (FLIP)"),
-    batch: Optional[int] = typer.Option(None, help="Micro-batch per rank  [default: 8]"),
-    zero: Optional[int] = typer.Option(None, help="DeepSpeed ZeRO stage 0-3  [default: 0]"),
-    precision: Optional[str] = typer.Option(None, help="bf16 | fp16 | fp32  [default: fp32]"),
-    steps: Optional[int] = typer.Option(None, help="Timed steps  [default: 10]"),
-    warmup: Optional[int] = typer.Option(None, help="Warm-up steps before timing  [default: 3]"),
+    batch: Optional[int] = typer.Option(None, help="Micro-batch per rank  \\[default: 8]"),
+    zero: Optional[int] = typer.Option(None, help="DeepSpeed ZeRO stage 0-3  \\[default: 0]"),
+    precision: Optional[str] = typer.Option(None, help="bf16 | fp16 | fp32  \\[default: fp32]"),
+    steps: Optional[int] = typer.Option(None, help="Timed steps  \\[default: 10]"),
+    warmup: Optional[int] = typer.Option(None, help="Warm-up steps before timing  \\[default: 3]"),
     world_size: Optional[int] = typer.Option(None, "--world-size", help="Ranks; > 1 starts through torchrun."),
     checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing",
                                                  help="Activation checkpointing on the vision encoder (as the "

@@ -95,7 +95,7 @@ class TensorTracker(TorchDispatchMode):
             self.phase_peak_bytes[self._phase] = self.live_bytes
         if self.budget_bytes is not None and self.live_bytes > self.budget_bytes:
             raise BudgetExceeded(
-                f"{BUDGET_MESSAGE}: {self.live_bytes / 2**30:.3f} GiB live > budget {self.budget_bytes / 2**30:.3f} GiB")
+                f"{BUDGET_MESSAGE}: {self.live_bytes / 2**20:.2f} MiB live > budget {self.budget_bytes / 2**20:.2f} MiB")
 
     def _resync(self, st) -> None:
         """A storage resized in place (resize_, set_): account for its new size."""

@@ -120,6 +120,8 @@ class Runner:
                                                config=self.ds_config)
         batch = make_batch(c, device, rank=self.rank)
         self.metrics["startup_s"] = time.perf_counter() - self.t_start
+        # CPU step times depend on intra-op threads and on what else runs on the cores: record them.
+        self.metrics["torch_num_threads"] = torch.get_num_threads()
 
         def step() -> None:
             loss = engine(**batch)

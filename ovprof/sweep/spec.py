@@ -146,13 +146,13 @@ def field_value(key: str, value: Any, source: str) -> Any:
             return MAX
         bad = ConfigError('must be a positive integer or "max"', source=source, key=key, value=value)
         try:
-            n = C._coerce(key, value, source)
+            n = C.coerce(key, value, source)
         except ConfigError:
             raise bad from None
         if n < 1:
             raise bad
         return n
-    return C._coerce(key, value, source)
+    return C.coerce(key, value, source)
 
 
 def _table(data: Any, what: str, source: str) -> dict:
