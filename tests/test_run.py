@@ -112,3 +112,19 @@ def test_timeout_is_a_timeout_record(tmp_path, tiny):
     rec = run_point(tiny(steps=500), ExecOptions(store=str(path), timeout_s=3))
     assert rec["status"] == "timeout"
     assert store.read(path)[0]["status"] == "timeout"
+
+
+def test_merge_takes_timing_whole_from_the_slowest_rank_and_memory_as_the_max():
+    from ovprof.runner.launch import merge_ranks
+
+    fast = {"rank": 0, "metrics": {"step_times_ms": [1.0, 2.0], "step_time_ms_median": 1.5, "step_time_ms_p10": 1.1,
+                                   "step_time_ms_p90": 1.9, "peak_tracked_bytes": 10, "tracked_breakdown_bytes": {"a": 10},
+                                   "mfu": None}, "null_reasons": {"mfu": "cpu"}}
+    slow = {"rank": 1, "metrics": {"step_times_ms": [3.0, 5.0], "step_time_ms_median": 4.0, "step_time_ms_p10": 3.2,
+                                   "step_time_ms_p90": 4.8, "peak_tracked_bytes": 7, "tracked_breakdown_bytes": {"a": 7},
+                                   "mfu": None}, "null_reasons": {"mfu": "cpu"}}
+    m, reasons = merge_ranks([fast, slow])
+    assert (m["step_time_ms_p10"], m["step_time_ms_median"], m["step_time_ms_p90"]) == (3.2, 4.0, 4.8)
+    assert m["step_times_ms"] == [3.0, 5.0]
+    assert m["peak_tracked_bytes"] == 10 and m["tracked_breakdown_bytes"] == {"a": 10}
+    assert reasons == {"mfu": "cpu"}

@@ -19,7 +19,8 @@ H heads, b bytes per element of the training dtype), autograd keeps:
   Activation checkpointing keeps only each block's input (b D) and recomputes
   one block at a time in backward (+ one block's activations).
 Caption head with the eager loss: logits N V b, their fp32 upcast N V 4 (the
-same tensor when b = 4) and log-softmax N V 4, for N predicted tokens.
+same tensor when b = 4) and log-softmax N V 4, for N predicted tokens. With
+loss_impl chunked or triton only one chunk of logits exists at a time.
 Backward adds, at its start, the fp32 gradient of the log-softmax and of the
 logits (N V 4 + N V b), the gradients of every parameter (pb P) by its end.
 Dropped from the count: embedding outputs consumed by the first block and
@@ -108,13 +109,30 @@ def model_step(cfg: RunConfig, attention: str = "flash") -> ModelStep:
             kept += B * K * e.tower.width * b
         logits_tokens = B * c.caption_len
     V = c.vocab_size
-    logits = logits_tokens * V * (b + 4 + (4 if b != 4 else 0))
-    logits_grad = logits_tokens * V * (4 + b)
+    if c.loss_impl == "eager":
+        # Kept for backward: log-softmax's fp32 output (4 N V); the logits (b) and their fp32 upcast are
+        # alive only while it is computed. Backward starts with that output, its gradient and the
+        # gradient of its input: 12 N V (what the loss alone measures, fp32 and bf16).
+        logits = 4 * logits_tokens * V
+        transient_fwd = (b + (4 if b != 4 else 0)) * logits_tokens * V
+        logits_grad = 8 * logits_tokens * V
+    else:
+        # chunked / triton (ovprof/kernels/fused_ce.py): one fp32 logsumexp per row is kept. Chunked holds
+        # one chunk of logits at a time (<= CHUNK_BYTES in fp32, plus its model-dtype matmul output in
+        # 16-bit); Triton keeps its tiles on chip. Both backward passes accumulate the head weight's
+        # (V x D) and the hidden states' (N x D) gradients in fp32; chunked also recomputes a chunk.
+        from ovprof.kernels.fused_ce import CHUNK_BYTES
+
+        chunk = min(logits_tokens * V * 4, CHUNK_BYTES) * (1 if b == 4 else 1.5)
+        chunk = int(chunk) if c.loss_impl == "chunked" else 0
+        d_width = presets.DECODERS[c.decoder].width if c.uses_decoder else 0
+        logits, transient_fwd = logits_tokens * 4, chunk
+        logits_grad = chunk + (V + logits_tokens) * d_width * 4
     inputs = B * 3 * c.res * c.res * b
     inputs += B * 8 * ((c.caption_len if c.objective != "clip" else 0)
                        + (c.text_len if c.objective == "clip" else 0) + (2 * c.text_len if c.objective == "openvision" else 0))
-    forward = kept + logits
-    backward_no_grad = forward + max(logits_grad, transient)
+    forward = kept + logits + transient_fwd
+    backward_no_grad = kept + logits + max(logits_grad, transient)  # the forward's transients are gone
     # Backward frees activations as it produces gradients; its peak is at its start (activations + the
     # loss's gradients) unless the gradients alone are larger.
     return ModelStep(

@@ -47,6 +47,27 @@ class _FlashAttention(torch.autograd.Function):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
+class _NoKernel:
+    """Stands for a Triton kernel on fake tensors: launching it allocates nothing (its outputs are preallocated)."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def _fake_triton():
+    """loss_impl=triton: keep every torch allocation of the autograd Function, skip the kernel launches."""
+    from ovprof.kernels import fused_ce
+
+    saved = fused_ce.triton_kernels, fused_ce._check_triton
+    fused_ce.triton_kernels = lambda: (_NoKernel(), _NoKernel())
+    fused_ce._check_triton = lambda hidden: False
+    try:
+        yield
+    finally:
+        fused_ce.triton_kernels, fused_ce._check_triton = saved
+
+
 @contextlib.contextmanager
 def _attention(kind: str):
     if kind == "native":
@@ -80,7 +101,8 @@ def model_step(cfg: RunConfig, attention: str = "native") -> ModelStep:
 
     c = cfg.resolved()
     dtype = DTYPES[c.precision]
-    with _attention(attention), FakeTensorMode(allow_non_fake_inputs=True):
+    triton = _fake_triton() if c.loss_impl == "triton" else contextlib.nullcontext()
+    with _attention(attention), triton, FakeTensorMode(allow_non_fake_inputs=True):
         torch.manual_seed(0)
         # DeepSpeed runs the module in the training dtype; build it so (fake tensors cannot be swapped by .to())
         previous = torch.get_default_dtype()

@@ -16,7 +16,12 @@ def caption_loss(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch
 
     eager: materializes logits (B, L, V) in the model dtype, then upcasts them to
     fp32 for the cross-entropy, as a plain PyTorch training loop does.
+    chunked | triton: never hold the whole (B, L, V) logits (ovprof/kernels/fused_ce.py).
     """
+    if impl in ("chunked", "triton"):
+        from ovprof.kernels.fused_ce import linear_cross_entropy
+
+        return linear_cross_entropy(hidden, head_weight, targets, impl=impl, ignore_index=IGNORE_INDEX)
     if impl != "eager":
         raise ValueError(f"unknown loss_impl {impl!r}")
     logits = hidden @ head_weight.t()  # (B, L, V)

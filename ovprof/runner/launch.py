@@ -90,26 +90,36 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
+TIMING_KEYS = ("step_times_ms", "step_time_ms_median", "step_time_ms_p10", "step_time_ms_p90", "step_time_ms_min",
+               "step_time_ms_max", "samples_per_s", "tflops_per_s", "mfu")
+
+
 def merge_ranks(ranks: list[dict]) -> tuple[dict, dict]:
-    """Per-device figures are the maximum over ranks (the device that runs out first)."""
+    """One record from the rank results.
+
+    Memory per device is the maximum over ranks (the device that runs out first); timing is the slowest
+    rank's, taken whole so that its median, percentiles and step list stay consistent with each other.
+    """
     merged: dict = {}
     reasons: dict = {}
     for r in ranks:
         reasons.update(r.get("null_reasons") or {})
     base = next((r for r in ranks if r.get("rank") == 0), ranks[0])
+    with_metrics = [r for r in ranks if r.get("metrics")]
+
+    def by(key):
+        return max((r for r in with_metrics if isinstance(r["metrics"].get(key), (int, float))),
+                   key=lambda r: r["metrics"][key], default=base)
+
+    slowest, top_memory = by("step_time_ms_median"), by("peak_tracked_bytes")
     for key, value in (base.get("metrics") or {}).items():
-        vals = [r["metrics"].get(key) for r in ranks if r.get("metrics")]
-        if isinstance(value, dict):
-            # breakdowns come from the rank with the highest tracked peak, kept whole
-            top = max((r for r in ranks if (r.get("metrics") or {}).get("peak_tracked_bytes") is not None),
-                      key=lambda r: r["metrics"]["peak_tracked_bytes"], default=base)
-            merged[key] = top["metrics"].get(key)
+        if key in TIMING_KEYS:
+            merged[key] = (slowest.get("metrics") or {}).get(key)
+        elif isinstance(value, dict):  # breakdowns: whole, from the rank with the highest tracked peak
+            merged[key] = (top_memory.get("metrics") or {}).get(key)
         elif key.startswith("peak_") or key.endswith(("_peak_bytes", "_retries", "oom_count")):
-            nums = [v for v in vals if isinstance(v, (int, float))]
+            nums = [r["metrics"].get(key) for r in with_metrics if isinstance(r["metrics"].get(key), (int, float))]
             merged[key] = max(nums) if nums else None
-        elif key == "step_time_ms_median":
-            nums = [v for v in vals if isinstance(v, (int, float))]
-            merged[key] = max(nums) if nums else None  # the slowest rank sets the pace
         else:
             merged[key] = value
     for k in list(reasons):
