@@ -450,3 +450,27 @@ def test_cuda_records_get_allocator_columns_and_the_gpu_as_device_limit(tmp_path
     assert row["hardware"] == "NVIDIA H100 80GB HBM3"
     batch = tables["batch"].frame
     assert (batch["device_limit_gib"] == 80.0).all() and "peak_reserved_gib" in batch
+
+
+def test_fused_ce_caption_runs_get_their_own_savings_row(tmp_path):
+    import json as _json
+
+    from ovprof.report.load import load as _load
+    from ovprof.report.tables import build as _build
+
+    recs = [_json.loads(line) for line in (Path(__file__).parent / "fixtures" / "records.jsonl").read_text().splitlines()
+            if line.strip()]
+    eager = next(r for r in recs if r.get("kind", "run") == "run" and r["status"] == "ok"
+                 and r["config"]["objective"] == "caption" and not r["config"]["mask_ratio"])
+    fused = _json.loads(_json.dumps(eager))
+    fused["config"]["loss_impl"] = "chunked"
+    fused["run_id"] = "fusedce000000001"
+    fused["metrics"]["peak_tracked_bytes"] = eager["metrics"]["peak_tracked_bytes"] // 2
+    store_path = tmp_path / "r.jsonl"
+    store_path.write_text("".join(_json.dumps(r) + "\n" for r in recs + [fused]))
+    sav = _build(_load([str(store_path)]))["savings"].frame
+    row = sav[sav["caption_run_id"] == "fusedce000000001"]
+    assert len(row) == 1 and row.iloc[0]["caption_variant"].endswith("+ fused CE (chunked)")
+    plain = sav[sav["caption_run_id"] == eager["run_id"]].iloc[0]
+    assert row.iloc[0]["openvision_run_id"] == plain["openvision_run_id"]  # the same OpenVision run
+    assert row.iloc[0]["tracked_saving_x"] == pytest.approx(2 * plain["tracked_saving_x"], rel=1e-3)

@@ -32,7 +32,9 @@ import pandas as pd
 from ovprof.config import FIELD_NAMES, RunConfig
 from ovprof.results import store
 
-VARIANT_FIELDS = ("objective", "mask_ratio", "mask_position")
+# loss_impl is part of the caption-only variant: a fused-CE caption run is compared with the same (eager)
+# OpenVision run as the eager caption run, in its own row ("caption-only + fused CE").
+VARIANT_FIELDS = ("objective", "mask_ratio", "mask_position", "loss_impl")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 SETTING_FIELDS = tuple(f for f in FIELD_NAMES if f not in VARIANT_FIELDS)
 ENV_FIELDS = ("hardware", "torch", "deepspeed")
@@ -61,19 +63,21 @@ class Data:
     superseded: int = 0  # run records hidden by a later one with the same run_id
 
 
-def side_of(objective: str, mask_ratio: float) -> str:
-    """Which column of the savings table a run fills: the papers' OpenVision is unmasked, so is plain CLIP."""
+def side_of(objective: str, mask_ratio: float, loss_impl: str = "eager") -> str:
+    """Which column of the savings table a run fills: the papers' OpenVision is unmasked, so is plain CLIP;
+    both with the eager loss (a fused-CE OpenVision run has no savings column)."""
     if objective == "caption":
         return "caption"
-    if mask_ratio == 0:
+    if mask_ratio == 0 and loss_impl == "eager":
         return objective  # "openvision" or "clip"
     return ""  # masked openvision / FLIP-style clip: no savings column (a string: pandas keeps None as NaN)
 
 
-def variant_label(objective: str, mask_ratio: float, mask_position: str) -> str:
+def variant_label(objective: str, mask_ratio: float, mask_position: str, loss_impl: str = "eager") -> str:
+    fused = "" if loss_impl == "eager" else f" + fused CE ({loss_impl})"
     if not mask_ratio:
-        return f"{objective} no masking"
-    return f"{objective} mask {mask_ratio:g} ({mask_position})"
+        return f"{objective} no masking{fused}"
+    return f"{objective} mask {mask_ratio:g} ({mask_position}){fused}"
 
 
 def hardware_of(env: dict | None) -> str:
@@ -160,11 +164,12 @@ def _run_row(r: dict) -> dict:
     err = r.get("error") or {}
     bd = m.get("tracked_breakdown_bytes") or {}
     obj, ratio, pos = cfg.get("objective"), float(cfg.get("mask_ratio") or 0.0), cfg.get("mask_position", "decoder")
+    impl = cfg.get("loss_impl", "eager")
     setting = setting_of(cfg, env)
     row = {
         "run_id": r["run_id"], "status": r.get("status", "error"),
-        "variant": variant_label(obj, ratio, pos), "side": side_of(obj, ratio),
-        "objective": obj, "mask_ratio": ratio, "mask_position": pos,
+        "variant": variant_label(obj, ratio, pos, impl), "side": side_of(obj, ratio, impl),
+        "objective": obj, "mask_ratio": ratio, "mask_position": pos, "loss_impl": impl,
         **{k: config_value(cfg, k) for k in SETTING_FIELDS},
         "hardware": setting["hardware"], "torch": setting["torch"], "deepspeed": setting["deepspeed"],
         "setting_key": key_of(setting), "gpu_memory_bytes": env.get("gpu_memory_bytes"),
@@ -186,12 +191,14 @@ def _max_batch_row(r: dict, env_by_run: dict[str, dict]) -> dict:
         env = next((env_by_run[t.get("run_id")] for t in reversed(r.get("trials") or [])
                     if t.get("run_id") in env_by_run), None)
     obj, ratio, pos = cfg.get("objective"), float(cfg.get("mask_ratio") or 0.0), cfg.get("mask_position", "decoder")
+    impl = cfg.get("loss_impl", "eager")
     setting = setting_of(cfg, env, without=("batch",))
     config_only = {k: v for k, v in setting.items() if k not in ENV_FIELDS}
     err = r.get("error") or {}
     return {
-        "run_id": r["run_id"], "status": r.get("status"), "variant": variant_label(obj, ratio, pos),
-        "side": side_of(obj, ratio), "objective": obj, "mask_ratio": ratio, "mask_position": pos,
+        "run_id": r["run_id"], "status": r.get("status"), "variant": variant_label(obj, ratio, pos, impl),
+        "side": side_of(obj, ratio, impl), "objective": obj, "mask_ratio": ratio, "mask_position": pos,
+        "loss_impl": impl,
         # with no environment anywhere, match on the config alone
         "setting_key_nobatch": key_of(setting) if env else None,
         "config_key_nobatch": key_of(config_only),

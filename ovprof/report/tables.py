@@ -212,7 +212,7 @@ def _pick(g: pd.DataFrame) -> pd.Series | None:
 
 
 def max_batch_lookup(data: Data, run: pd.Series, side: str, mask_ratio: float = 0.0,
-                     mask_position: str = "decoder") -> pd.Series | None:
+                     mask_position: str = "decoder", loss_impl: str = "eager") -> pd.Series | None:
     """The max-batch search whose config equals `run`'s apart from batch, for one side's variant."""
     mb = data.max_batch
     if mb.empty:
@@ -220,7 +220,7 @@ def max_batch_lookup(data: Data, run: pd.Series, side: str, mask_ratio: float = 
     skey, ckey = nobatch_keys(run)
     same_setting = (mb["setting_key_nobatch"] == skey) | (mb["setting_key_nobatch"].isna()
                                                          & (mb["config_key_nobatch"] == ckey))
-    hit = mb[same_setting & (mb["side"] == side)]
+    hit = mb[same_setting & (mb["side"] == side) & (mb["loss_impl"] == loss_impl)]
     if side == "caption":
         hit = hit[(hit["mask_ratio"] == mask_ratio)
                   & ((mask_ratio == 0) | (hit["mask_position"] == mask_position))]
@@ -251,9 +251,12 @@ def savings(data: Data, ctx: Context) -> Table:
             continue  # nothing of the paper's comparison in this group
         ov, clip = _pick(by_side["openvision"]), _pick(by_side["clip"])
         caps = by_side["caption"]
-        # one unmasked caption run (its mask_position does not matter), then the masked ones
-        unmasked = caps[caps["mask_ratio"] == 0].sort_values("mask_position").iloc[:1]
-        masked = caps[caps["mask_ratio"] > 0].sort_values(["mask_position", "mask_ratio"])
+        # one unmasked caption run per loss (its mask_position does not matter), then the masked ones;
+        # eager before the fused-CE variants
+        caps = caps.assign(_fused=caps["loss_impl"] != "eager")
+        unmasked = caps[caps["mask_ratio"] == 0].sort_values(["_fused", "loss_impl", "mask_position"])
+        unmasked = unmasked.drop_duplicates("loss_impl")
+        masked = caps[caps["mask_ratio"] > 0].sort_values(["_fused", "loss_impl", "mask_position", "mask_ratio"])
         caps = pd.concat([unmasked, masked])
         cap_list = [r for _, r in caps.iterrows()] or [None]
         for cap in cap_list:
@@ -281,6 +284,8 @@ def _savings_row(data: Data, ctx: Context, any_run: pd.Series, ov, cap, clip, so
     row["caption_variant"] = ("no masking" if cap is not None and not cap["mask_ratio"]
                               else f"mask {cap['mask_ratio']:g} ({cap['mask_position']})" if cap is not None
                               else "no caption-only run")
+    if cap is not None and cap.get("loss_impl", "eager") != "eager":
+        row["caption_variant"] += f" + fused CE ({cap['loss_impl']})"  # the fused head + loss lever
     for s, r in runs.items():
         row[f"{s}_run_id"] = r["run_id"] if r is not None else "-"
         row[f"{s}_status"] = r["status"] if r is not None else "missing"
@@ -297,7 +302,8 @@ def _savings_row(data: Data, ctx: Context, any_run: pd.Series, ov, cap, clip, so
         row[f"{src}_saving_x"] = ratio(row[f"openvision_peak_{src}_gib"], row[f"caption_peak_{src}_gib"],
                                        SIDE_NAME["openvision"], SIDE_NAME["caption"])
     # max batch per device: the search whose config matches apart from batch
-    ratio_cfg = (cap["mask_ratio"], cap["mask_position"]) if cap is not None else (0.0, "decoder")
+    ratio_cfg = ((cap["mask_ratio"], cap["mask_position"], cap.get("loss_impl", "eager")) if cap is not None
+                 else (0.0, "decoder", "eager"))
     notes = []
     for s in SIDES:
         if s == "caption" and cap is None:
@@ -566,7 +572,8 @@ def batch_table(data: Data, ctx: Context) -> Table:
             if g["batch"].nunique() < 2:
                 continue
             for _, r in g.sort_values(["objective", "mask_ratio", "mask_position", "batch"]).iterrows():
-                rec = max_batch_lookup(data, r, r["side"], r["mask_ratio"], r["mask_position"]) if r["side"] else None
+                rec = (max_batch_lookup(data, r, r["side"], r["mask_ratio"], r["mask_position"], r["loss_impl"])
+                       if r["side"] else None)
                 rows.append({**setting_cells(r, ctx), "variant": r["variant"],
                              **_measure_cells(r, sources, ctx.where(r)),
                              "device_limit_gib": device_limit_gib(r),
