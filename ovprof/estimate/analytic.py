@@ -139,6 +139,8 @@ def model_step(cfg: RunConfig, attention: str = "flash") -> ModelStep:
         forward_bytes=forward,
         backward_bytes=max(backward_no_grad, b * P + logits_grad),
         backward_no_grad_bytes=backward_no_grad,
+        # the head's gradient lands right after the loss's backward: from then on its temporaries are gone
+        backward_no_grad_after_first_grad_bytes=kept + logits + transient,
         activation_bytes=forward,
         input_bytes=inputs,
         param_count=P,

@@ -122,27 +122,32 @@ def model_step(cfg: RunConfig, attention: str = "native") -> ModelStep:
             with tr.phase("forward"):
                 loss = model(**batch)
             activation = tr.live_bytes - base
-            no_grad_peak = [0]
-
-            def watch(_):  # the highest non-gradient bytes while backward runs
-                no_grad_peak[0] = max(no_grad_peak[0], tr.live_bytes - tr.by_category["gradients"] - base)
-
+            # The highest non-gradient bytes while backward runs, before and after the first parameter
+            # gradient lands: ZeRO 1/2 allocate their bucket at that moment, so it only adds to the later part.
+            no_grad_peak = {False: 0, True: 0}
+            first_grad = [False]
+            hooks = [p.register_post_accumulate_grad_hook(lambda q: first_grad.__setitem__(0, True))
+                     for p in params if p.requires_grad]
             _orig_add = tr._add
 
             def _add(st, category):
                 _orig_add(st, category)
                 if tr._phase == "backward":
-                    watch(None)
+                    live = tr.live_bytes - tr.by_category["gradients"] - base
+                    no_grad_peak[first_grad[0]] = max(no_grad_peak[first_grad[0]], live)
 
             tr._add = _add
             with tr.phase("backward"):
                 loss.backward()
             del loss
+            for h in hooks:
+                h.remove()
             grads = tr.by_category["gradients"]
     return ModelStep(
         forward_bytes=tr.phase_peak_bytes.get("forward", base) - base,
         backward_bytes=tr.phase_peak_bytes.get("backward", base) - base,
-        backward_no_grad_bytes=no_grad_peak[0],
+        backward_no_grad_bytes=max(no_grad_peak.values()),
+        backward_no_grad_after_first_grad_bytes=no_grad_peak[True],
         activation_bytes=activation,
         input_bytes=tr.start_breakdown_bytes["inputs"],
         param_count=sum(p.numel() for p in params),

@@ -19,9 +19,9 @@ Added during a step, over that:
             the analytic model)
   backward  ZeRO 0/3: the model's backward, but at least 2 x the gradients
             (the gradients and their flattened all-reduce copy coexist)
-            ZeRO 1/2: the bucket G*gb (allocated in the first backward) + the
-            model's backward without parameter gradients (they are copied into
-            the bucket as they appear)
+            ZeRO 1/2: the model's backward without parameter gradients (they
+            are copied into the bucket as they appear), plus the bucket G*gb
+            from the moment the first gradient lands (when DeepSpeed allocates it)
   optimizer ZeRO 0: gradients pb*P (+ fp32 copies 4P in 16-bit) + torch
             AdamW's foreach temporaries, 2 x the largest fp32 tensor it steps
             ZeRO 1-3: the fp32 gradient partition 4P/W + AdamW temporaries over
@@ -48,6 +48,8 @@ class ModelStep:
     param_count: int
     max_param_numel: int
     logits_bytes: int = 0  # the caption head's logits (part of activations), for the breakdown
+    # backward_no_grad_bytes from the first parameter gradient on (None: not known, assume the whole backward)
+    backward_no_grad_after_first_grad_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,9 @@ def zero_memory(step: ModelStep, *, zero: int, world_size: int, precision: str,
     elif zero in (1, 2):
         params, grads_res = pb * P, 0
         opt = 12 * P // W
-        backward = bucket + step.backward_no_grad_bytes
+        after = step.backward_no_grad_after_first_grad_bytes
+        backward = (bucket + step.backward_no_grad_bytes if after is None
+                    else max(step.backward_no_grad_bytes, bucket + after))
         optimizer = 12 * P // W
         bucket_used = bucket
     else:
