@@ -55,6 +55,7 @@ def test_masking_and_zero_move_the_estimate_the_right_way():
     dict(objective="caption", zero=3, bucket_elems=2_000_000, mask_ratio=0.5),
     dict(objective="clip", zero=1, bucket_elems=2_000_000, mask_position="encoder", mask_ratio=0.25),
     dict(objective="caption", zero=0, loss_impl="chunked", vocab_size=8192, caption_len=48),
+    dict(objective="caption", zero=3, world_size=2, bucket_elems=500_000),  # gathered parameters stay live
 ])
 def test_estimate_within_5pct_of_measured_peak_tracked_bytes(tmp_path, tiny, kw):
     cfg = tiny(**kw)

@@ -13,7 +13,9 @@ tests/test_estimate.py):
   ZeRO 1/2  parameters pb*P; master 4P/W and moments 8P/W (an fp32 master copy
           is kept even for fp32 training)
   ZeRO 3  parameters pb*P/W; master 4P/W; moments 8P/W; gradient partition
-          pb*P/W; and the reduce bucket G*gb, allocated at initialization
+          pb*P/W; and the reduce bucket G*gb, allocated at initialization;
+          with W > 1 forward and backward also hold the gathered parameters,
+          pb * min(P, stage3_max_live_parameters)
 Added during a step, over that:
   forward   the model's forward (activations, temporaries; FakeTensorMode or
             the analytic model)
@@ -34,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEEPSPEED_DEFAULT_BUCKET_ELEMS = 500_000_000
+DEEPSPEED_DEFAULT_MAX_LIVE_PARAMETERS = 1_000_000_000  # stage3_max_live_parameters
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ def zero_memory(step: ModelStep, *, zero: int, world_size: int, precision: str,
     G = DEEPSPEED_DEFAULT_BUCKET_ELEMS if bucket_elems is None else bucket_elems
     bucket = G * pb
     grads_full = pb * P
+    forward = step.forward_bytes
     if zero == 0:
         params, grads_res = pb * P, 0
         opt = 8 * P + (4 * P if pb == 2 else 0)
@@ -102,9 +106,13 @@ def zero_memory(step: ModelStep, *, zero: int, world_size: int, precision: str,
         params = pb * P // W
         grads_res = pb * P // W + bucket
         opt = 12 * P // W
-        backward = max(step.backward_bytes, 2 * grads_full)
+        # With W > 1 the parameters gathered for compute stay live up to stage3_max_live_parameters
+        # (measured at world size 2: exactly pb * P more than at world size 1).
+        gathered = pb * min(P, DEEPSPEED_DEFAULT_MAX_LIVE_PARAMETERS) if W > 1 else 0
+        forward = step.forward_bytes + gathered
+        backward = max(step.backward_bytes, 2 * grads_full) + gathered
         optimizer = 12 * P // W
         bucket_used = bucket
     return ZeroMemory(parameters_bytes=params, gradients_bytes=grads_res, optimizer_state_bytes=opt,
-                      inputs_bytes=step.input_bytes, forward_bytes=step.forward_bytes, backward_bytes=backward,
+                      inputs_bytes=step.input_bytes, forward_bytes=forward, backward_bytes=backward,
                       optimizer_bytes=optimizer, bucket_bytes=bucket_used)
