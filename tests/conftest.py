@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,12 @@ def ovprof(*args: str, cwd: Path | None = None, timeout: float = 600) -> subproc
     env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
     return subprocess.run([sys.executable, "-m", "ovprof.cli", *args], cwd=cwd or ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_toml(head: str = "", drop: tuple[str, ...] = (), **extra) -> str:
+    """TINY (plus `extra`, minus `drop`) as a sweep file's [base] table, after `head` (top-level keys)."""
+    values = {k: v for k, v in {**TINY, **extra}.items() if k not in drop}
+    return "\n".join([head, "[base]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]) + "\n"
 
 
 @pytest.fixture

@@ -16,15 +16,9 @@ from ovprof.runner import launch
 from ovprof.sweep import execute
 from ovprof.sweep import spec as S
 
-BASE = """
-[base]
-encoder = "vit-debug"
-vocab_size = 512
-caption_len = 16
-text_len = 8
-steps = 2
-warmup = 1
-"""
+from conftest import tiny_toml
+
+BASE = tiny_toml(drop=("batch", "precision"))
 
 
 class FakeRunPoint:

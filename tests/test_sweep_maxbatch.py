@@ -5,10 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +12,8 @@ from ovprof.results import store
 from ovprof.sweep import maxbatch
 from ovprof.sweep.spec import MaxBatchOptions
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ovprof, tiny_toml
+
 
 
 def oracle(boundary: int, fail_at: dict[int, str] | None = None):
@@ -83,30 +80,14 @@ def test_start_out_of_memory_reports_oom_and_no_max_batch():
 
 # vit-debug at batch 2: ~5.7 MB of live tensors, then ~0.5 MB per image: under a 0.01 GiB
 # (10.7 MB) budget the boundary lies between 4 and 16.
-SWEEP = """
-name = "mb"
-timeout_s = 300
-[base]
-encoder = "vit-debug"
-vocab_size = 512
-caption_len = 16
-text_len = 8
-steps = 2
-warmup = 1
-precision = "fp32"
-batch = "max"
-memory_budget_gib = 0.01
-[max_batch]
+SWEEP = tiny_toml('name = "mb"\ntimeout_s = 300', batch="max", memory_budget_gib=0.01) + """[max_batch]
 start = 4
 granularity = 4
 limit = 64
 """
 
 
-def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "ovprof.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+cli = ovprof
 
 
 @pytest.mark.slow

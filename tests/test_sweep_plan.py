@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,24 +11,10 @@ from ovprof.config import ConfigError, RunConfig
 from ovprof.errors import UsageError
 from ovprof.sweep import spec as S
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_BASE = """
-[base]
-encoder = "vit-debug"
-vocab_size = 512
-caption_len = 16
-text_len = 8
-batch = 2
-steps = 2
-warmup = 1
-precision = "fp32"
-"""
+from conftest import ROOT, ovprof, tiny_toml
 
-
-def cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "ovprof.cli", *args], cwd=cwd or ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+TINY_BASE = tiny_toml()
+cli = ovprof
 
 
 def write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:

@@ -16,22 +16,11 @@ import pytest
 from ovprof.results import store
 from ovprof.sweep import spec as S
 
+from conftest import ROOT, tiny_toml
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_BASE = """
-timeout_s = 300
-[base]
-encoder = "vit-debug"
-vocab_size = 512
-caption_len = 16
-text_len = 8
-batch = 2
-steps = 2
-warmup = 1
-precision = "fp32"
-bucket_elems = 500000
-"""
+TINY_BASE = tiny_toml("timeout_s = 300", bucket_elems=500000)
 
 
 def env() -> dict:
