@@ -87,7 +87,8 @@ def _check_against_eager(h, w, t, **kw):
 def test_chunked_matches_eager(shape, dtype):
     N, D, V = shape
     h, w, t = _inputs(N, D, V, dtype, seed=sum(shape))
-    _check_against_eager(h, w, t, impl="chunked", chunk_rows=max(1, N // 3))  # several chunks, a ragged last one
+    # several row chunks and vocabulary windows, each with a ragged last one
+    _check_against_eager(h, w, t, impl="chunked", chunk_rows=max(1, N // 3), window_cols=max(1, V // 3))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -96,6 +97,13 @@ def test_triton_matches_eager(shape, dtype, interpret):
     N, D, V = shape
     h, w, t = _inputs(N, D, V, dtype, seed=1 + sum(shape))
     _check_against_eager(h, w, t, impl="triton", blocks=SMALL_BLOCKS)
+
+
+@pytest.mark.parametrize("window_cols", [16, 40], ids=["block-multiple", "ragged"])
+def test_triton_bf16_backward_in_vocabulary_windows(window_cols, interpret):
+    """A bf16 head accumulates dW in fp32 one vocabulary window at a time; targets in every window."""
+    h, w, t = _inputs(70, 20, 500, torch.bfloat16, seed=17)
+    _check_against_eager(h, w, t, impl="triton", blocks=SMALL_BLOCKS, window_cols=window_cols)
 
 
 @pytest.mark.parametrize("split", [2, 3])
@@ -232,11 +240,26 @@ def test_fused_paths_never_hold_the_full_logits(impl, request):
     N, D, V = 512, 16, 4096
     logits_bytes = N * V * 4  # 8 MiB
     eager = loss_peak_bytes("eager", N, D, V)
-    kw = {"chunk_rows": 64} if impl == "chunked" else {}
+    kw = {"chunk_rows": 64, "window_cols": 512} if impl == "chunked" else {}
     fused = loss_peak_bytes(impl, N, D, V, **kw)
     assert eager["base_bytes"] == fused["base_bytes"]
     assert eager["extra_bytes"] >= 2 * logits_bytes  # the measurement sees eager's logits at all
     assert fused["extra_bytes"] < logits_bytes / 2, (fused["extra_bytes"], logits_bytes)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+def test_bf16_head_gradient_needs_no_full_fp32_copy(impl, request):
+    """With a bf16 head, dW is summed in fp32 a vocabulary window at a time: the loss's extra bytes stay under
+    the bf16 gradient plus half a V x D fp32 buffer (a whole-vocabulary fp32 accumulator would be all of one)."""
+    if impl == "triton":
+        request.getfixturevalue("interpret")
+    from ovprof.kernels.ce_memory import loss_peak_bytes
+
+    N, D, V = 64, 256, 4096
+    kw = {"window_cols": 512, **({"chunk_rows": 16} if impl == "chunked" else {"blocks": (64, 256, 64)})}
+    fused = loss_peak_bytes(impl, N, D, V, torch.bfloat16, **kw)
+    dw_bf16, dw_fp32 = V * D * 2, V * D * 4
+    assert dw_bf16 <= fused["extra_bytes"] < dw_bf16 + dw_fp32 / 2, (fused["extra_bytes"], dw_bf16, dw_fp32)
 
 
 # ---- GPU -----------------------------------------------------------------------------------------------------------
@@ -260,7 +283,7 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                                 "tgt_ptr": "*fp32", **common, "v_per_split": "i32", "ignore_index": "i32"},
             src.linear_ce_bwd: {"h_ptr": f"*{dt}", "w_ptr": f"*{dt}", "t_ptr": "*i64", "lse_ptr": "*fp32",
                                 "scale_ptr": "*fp32", "dh_ptr": "*fp32", "dw_ptr": "*fp32", **common,
-                                "ignore_index": "i32"},
+                                "ignore_index": "i32", "v_offset": "i32"},
         }
         for fn, sig in sigs.items():
             sig = {**sig, **{k: "constexpr" for k in const}}
@@ -295,7 +318,7 @@ def test_interpreter_suite_in_a_subprocess():
         pytest.skip("this is the subprocess")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-rs", "-p", "no:cacheprovider",
-                           "-k", "triton or ignored or padding or dispatches or never_hold"],
+                           "-k", "triton or ignored or padding or dispatches or never_hold or fp32_copy"],
                           env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]

@@ -65,7 +65,7 @@ def linear_ce_fwd(h_ptr, w_ptr, t_ptr, lse_ptr, tgt_ptr,
 
 
 def linear_ce_bwd(h_ptr, w_ptr, t_ptr, lse_ptr, scale_ptr, dh_ptr, dw_ptr,
-                  N, V, D, stride_h, stride_w, ignore_index,
+                  N, V, D, stride_h, stride_w, ignore_index, v_offset,
                   BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
                   UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """Program (row block, vocab block): recompute the logits tile, turn it into dlogits, scatter both grads.
@@ -76,6 +76,10 @@ def linear_ce_bwd(h_ptr, w_ptr, t_ptr, lse_ptr, scale_ptr, dh_ptr, dw_ptr,
     accumulated with fp32 atomics into dh_ptr (N, D) and dw_ptr (V, D), both
     contiguous fp32. The logits are computed once here, as in Cut Cross-Entropy
     (Wijmans et al., 2024); the price is atomic traffic, not a second recompute.
+
+    The caller may launch it once per vocabulary window: w_ptr and dw_ptr then
+    point at the window's first row, V is the window's width, and v_offset its
+    first column in the whole vocabulary (targets are whole-vocabulary ids).
     """
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
@@ -103,7 +107,7 @@ def linear_ce_bwd(h_ptr, w_ptr, t_ptr, lse_ptr, scale_ptr, dh_ptr, dw_ptr,
                 w = w.to(tl.float32)
             acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION)
         p = tl.exp(acc - lse[:, None])  # softmax tile, fp32
-        p = tl.where(cols[None, :] == tgt[:, None], p - 1.0, p)
+        p = tl.where(cols[None, :] + v_offset == tgt[:, None], p - 1.0, p)
         p = tl.where(valid[:, None] & col_ok[None, :], p * scale, 0.0)  # dlogits (BLOCK_N, BLOCK_V)
         if UPCAST:
             dl = p

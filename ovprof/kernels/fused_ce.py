@@ -8,10 +8,12 @@ for hidden h (N, D) and a bias-free head W (V, D). Three implementations:
 
 - `reference_linear_ce`: what `caption_loss(impl="eager")` does, the ground truth:
   logits (N, V) in the input dtype, upcast to fp32, F.cross_entropy.
-- `chunked`: the same arithmetic, `chunk_rows` rows at a time, in a custom
-  autograd.Function that saves only h, W, targets and the per-row logsumexp (N,)
-  and recomputes each chunk's logits in the backward. At most one chunk's logits
-  (<= CHUNK_BYTES in fp32) are alive at a time. Runs anywhere PyTorch runs.
+- `chunked`: the same arithmetic in a custom autograd.Function that saves only
+  h, W, targets and the per-row logsumexp (N,). The forward goes `chunk_rows`
+  rows at a time; the backward recomputes the logits in vocabulary windows of
+  `window_cols` columns over all rows, so each window's rows of dW are final
+  at once and only dh (N, D) accumulates. At most one chunk's or one window's
+  logits (<= CHUNK_BYTES in fp32) are alive at a time. Runs anywhere PyTorch runs.
 - `triton`: one forward kernel (online softmax over V-blocks, target logit picked
   on the way) and one backward kernel (recompute a logits tile, dlogits, fp32
   atomic accumulation of dh and dW). Logits exist only as register tiles. Needs
@@ -36,6 +38,9 @@ IGNORE_INDEX = -100
 IMPLS = ("eager", "chunked", "triton")
 # Rows per chunk are chosen so one chunk's fp32 logits stay under this: 32 MiB is 262 rows at V = 32000.
 CHUNK_BYTES = 32 * 2**20
+# triton with a bf16/fp16 head: dW is accumulated in fp32 one vocabulary window of at most this many bytes at a
+# time (a whole-vocabulary fp32 buffer would be 2x the gradient: 98 MB at V = 32000, D = 768).
+DW_WINDOW_BYTES = 16 * 2**20
 # (BLOCK_N, BLOCK_V, BLOCK_D). GPU: a (64, 128) fp32 tile is 32 registers a thread at 8 warps (not tuned on
 # a GPU yet). The interpreter runs one program at a time in numpy: per-op overhead dominates, so it takes the
 # biggest tile triton allows (2^20 elements): ~9 GFLOP/s vs 0.03 with GPU_BLOCKS (N 512, D 768, V 8192).
@@ -58,11 +63,16 @@ def default_chunk_rows(vocab_size: int, budget_bytes: int = CHUNK_BYTES) -> int:
     return max(1, budget_bytes // (4 * vocab_size))
 
 
+def default_window_cols(rows: int, budget_bytes: int = CHUNK_BYTES) -> int:
+    """Vocabulary columns per backward window: a window's fp32 logits (rows x cols) stay under the budget."""
+    return max(1, budget_bytes // (4 * max(1, rows)))
+
+
 class ChunkedLinearCE(torch.autograd.Function):
-    """Row chunks of logits, recomputed in the backward; saves h, W, targets, lse (N,) and the valid count."""
+    """Forward in row chunks, backward in vocabulary windows, logits recomputed; saves h, W, targets, lse (N,)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index: int, chunk_rows: int):
+    def forward(ctx, hidden, weight, targets, ignore_index: int, chunk_rows: int, window_cols: int | None):
         N = hidden.shape[0]
         valid = targets != ignore_index  # (N,)
         safe_t = targets.masked_fill(~valid, 0)  # ignored rows read column 0, then get weight 0
@@ -79,34 +89,43 @@ class ChunkedLinearCE(torch.autograd.Function):
         n_valid = valid.sum()
         loss = row_loss.masked_fill_(~valid, 0.0).sum() / n_valid.clamp(min=1)
         ctx.save_for_backward(hidden, weight, safe_t, valid, lse, n_valid)
-        ctx.chunk_rows = chunk_rows
+        ctx.window_cols = window_cols
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         hidden, weight, safe_t, valid, lse, n_valid = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        N = hidden.shape[0]
+        N, V = hidden.shape[0], weight.shape[0]
         scale = grad_loss.float() / n_valid.clamp(min=1)  # 0-dim, stays on the device
-        dh = torch.empty_like(hidden) if need_h else None
-        dw32 = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        for s in range(0, N, ctx.chunk_rows):
-            e = min(s + ctx.chunk_rows, N)
-            h = hidden[s:e]
-            p = (h @ weight.t()).float()  # (n, V) logits again
-            p.sub_(lse[s:e, None]).exp_()  # softmax
-            w_row = valid[s:e].float() * scale  # (n,) dloss/dlogit scale per row, 0 on ignored rows
-            p.scatter_add_(1, safe_t[s:e, None], -torch.ones_like(lse[s:e, None]))
-            p.mul_(w_row[:, None])  # dlogits (n, V) fp32
+        w_row = (valid.float() * scale)[:, None]  # (N, 1) dloss/dlogit per row, 0 on ignored rows
+        h32 = hidden.float()  # (N, D): hidden itself in fp32
+        dh32 = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
+        dw = torch.empty_like(weight) if need_w else None
+        # Vocabulary windows of all N rows: each window's dW rows are final at once (no V x D fp32 accumulator,
+        # which in bf16 would be 2x the gradient), and only dh (N x D) accumulates across windows.
+        cols = ctx.window_cols or default_window_cols(N)
+        for v0 in range(0, V, cols):
+            v1 = min(v0 + cols, V)
+            w_win = weight[v0:v1]
+            p = (hidden @ w_win.t()).float()  # (N, window) logits again
+            p.sub_(lse[:, None]).exp_()  # softmax
+            # minus one-hot on the rows whose target falls in this window (static shapes: no nonzero())
+            here = (valid & (safe_t >= v0) & (safe_t < v1)).float()
+            p.scatter_add_(1, (safe_t - v0).clamp_(0, v1 - v0 - 1)[:, None], -here[:, None])
+            p.mul_(w_row)  # dlogits (N, window) fp32
             if need_h:
-                dh[s:e] = p.to(hidden.dtype) @ weight  # one matmul over all of V: fp32 accumulation inside
-            if need_w:
-                dw32.addmm_(p.t(), h.float())  # accumulate chunks in fp32
+                dh32.addmm_(p, w_win.float())
+            if need_w:  # fp32 sum over all rows, rounded once into the gradient's dtype
+                if dw.dtype == torch.float32:
+                    torch.mm(p.t(), h32, out=dw[v0:v1])
+                else:
+                    dw[v0:v1] = p.t() @ h32
             del p
-        dw = None
-        if need_w:
-            dw = dw32 if weight.dtype == torch.float32 else dw32.to(weight.dtype)
-        return dh, dw, None, None, None
+        dh = None
+        if need_h:
+            dh = dh32 if hidden.dtype == torch.float32 else dh32.to(hidden.dtype)
+        return dh, dw, None, None, None, None
 
 
 # ---- Triton --------------------------------------------------------------------------------------------------------
@@ -173,7 +192,7 @@ def _splits(n_row_blocks: int, n_v_blocks: int, device: torch.device, interpret:
 
 class TritonLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index: int, blocks, split):
+    def forward(ctx, hidden, weight, targets, ignore_index: int, blocks, split, window_cols: int | None):
         interpret = _check_triton(hidden)
         fwd, _ = triton_kernels()
         hidden = hidden.contiguous()
@@ -200,6 +219,7 @@ class TritonLinearCE(torch.autograd.Function):
         loss = (lse - t_logit).masked_fill_(~valid, 0.0).sum() / n_valid.clamp(min=1)
         ctx.save_for_backward(hidden, weight, targets, lse, n_valid)
         ctx.ignore_index, ctx.blocks, ctx.interpret = ignore_index, (BN, BV, BD), interpret
+        ctx.window_cols = window_cols
         return loss
 
     @staticmethod
@@ -210,28 +230,41 @@ class TritonLinearCE(torch.autograd.Function):
         V = weight.shape[0]
         BN, BV, BD = ctx.blocks
         scale = (grad_loss.float() / n_valid.clamp(min=1)).reshape(1)
-        # fp32 accumulators; for fp32 inputs they are the gradients themselves.
-        dh32 = torch.zeros(N, D, dtype=torch.float32, device=hidden.device)
-        dw32 = torch.zeros(V, D, dtype=torch.float32, device=weight.device)
-        if N > 0:
-            bwd[(-(-N // BN), -(-V // BV))](hidden, weight, targets, lse, scale, dh32, dw32, N, V, D,
-                                            hidden.stride(0), weight.stride(0), ctx.ignore_index, BLOCK_N=BN,
-                                            BLOCK_V=BV, BLOCK_D=BD, UPCAST=ctx.interpret,
-                                            PRECISION=_precision(hidden.dtype), num_warps=8)
+        dh32 = torch.zeros(N, D, dtype=torch.float32, device=hidden.device)  # fp32: the gradient itself
+        if weight.dtype == torch.float32:  # accumulate straight into the gradient: one launch
+            dw = torch.zeros(V, D, dtype=torch.float32, device=weight.device)
+            windows, buf = [(0, V)], None
+        else:  # fp32 accumulation one vocabulary window at a time: no V x D fp32 buffer beside the gradient
+            dw = torch.empty_like(weight)
+            cols = ctx.window_cols or max(BV, DW_WINDOW_BYTES // (4 * max(1, D)) // BV * BV)
+            windows = [(v0, min(v0 + cols, V)) for v0 in range(0, V, cols)]
+            buf = torch.empty(min(cols, V), D, dtype=torch.float32, device=weight.device)
+        for v0, v1 in windows:
+            acc = dw if buf is None else buf[: v1 - v0].zero_()
+            if N > 0:
+                bwd[(-(-N // BN), -(-(v1 - v0) // BV))](
+                    hidden, weight[v0:v1], targets, lse, scale, dh32, acc, N, v1 - v0, D, hidden.stride(0),
+                    weight.stride(0), ctx.ignore_index, v0, BLOCK_N=BN, BLOCK_V=BV, BLOCK_D=BD,
+                    UPCAST=ctx.interpret, PRECISION=_precision(hidden.dtype), num_warps=8)
+            if buf is not None:
+                dw[v0:v1] = acc
+        del buf
         dh = dh32 if hidden.dtype == torch.float32 else dh32.to(hidden.dtype)
-        dw = dw32 if weight.dtype == torch.float32 else dw32.to(weight.dtype)
         return (dh if ctx.needs_input_grad[0] else None, dw if ctx.needs_input_grad[1] else None,
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 # ---- entry point ---------------------------------------------------------------------------------------------------
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, impl: str = "chunked",
                          ignore_index: int = IGNORE_INDEX, chunk_rows: int | None = None,
-                         blocks: tuple[int, int, int] | None = None, split: int | None = None) -> torch.Tensor:
+                         blocks: tuple[int, int, int] | None = None, split: int | None = None,
+                         window_cols: int | None = None) -> torch.Tensor:
     """Mean cross-entropy of hidden (..., D) through a bias-free head weight (V, D) against targets (...).
 
     impl: eager | chunked | triton. chunk_rows (chunked): rows per chunk, default from CHUNK_BYTES.
     blocks (triton): (BLOCK_N, BLOCK_V, BLOCK_D); split (triton): vocabulary splits of the forward.
+    window_cols: vocabulary columns per backward window (chunked: default from CHUNK_BYTES; triton: used only
+    for a non-fp32 head, default from DW_WINDOW_BYTES).
     """
     D = hidden.shape[-1]
     h2 = hidden.reshape(-1, D)  # (N, D); a copy only when hidden is a non-contiguous view
@@ -244,7 +277,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         return reference_linear_ce(h2, weight, t1, ignore_index)
     if impl == "chunked":
         rows = chunk_rows or default_chunk_rows(weight.shape[0])
-        return ChunkedLinearCE.apply(h2, weight, t1, ignore_index, rows)
+        return ChunkedLinearCE.apply(h2, weight, t1, ignore_index, rows, window_cols)
     if impl == "triton":
-        return TritonLinearCE.apply(h2, weight, t1, ignore_index, blocks, split)
+        return TritonLinearCE.apply(h2, weight, t1, ignore_index, blocks, split, window_cols)
     raise ValueError(f"unknown loss_impl {impl!r}; one of {', '.join(IMPLS)}")
