@@ -474,3 +474,40 @@ def test_fused_ce_caption_runs_get_their_own_savings_row(tmp_path):
     plain = sav[sav["caption_run_id"] == eager["run_id"]].iloc[0]
     assert row.iloc[0]["openvision_run_id"] == plain["openvision_run_id"]  # the same OpenVision run
     assert row.iloc[0]["tracked_saving_x"] == pytest.approx(2 * plain["tracked_saving_x"], rel=1e-3)
+
+
+def test_loss_impl_table_puts_each_fused_run_beside_its_eager_run(tmp_path):
+    """Per setting: eager, chunked, triton rows with the % change of the tracked peak against eager's record;
+    a failed fused run is text, and a setting measured with one loss_impl only gets no rows."""
+    recs = raw_records()
+    eager = next(r for r in recs if r.get("kind", "run") == "run" and r["status"] == "ok"
+                 and r["config"]["objective"] == "caption" and not r["config"]["mask_ratio"])
+    chunked = json.loads(json.dumps(eager))
+    chunked["config"]["loss_impl"] = "chunked"
+    chunked["run_id"] = "fusedce000000001"
+    chunked["metrics"]["peak_tracked_bytes"] = int(eager["metrics"]["peak_tracked_bytes"] * 0.75)
+    triton = json.loads(json.dumps(eager))
+    triton["config"]["loss_impl"] = "triton"
+    triton["run_id"] = "fusedce000000002"
+    triton["status"] = "error"
+    store = tmp_path / "r.jsonl"
+    store.write_text("".join(json.dumps(r) + "\n" for r in recs + [chunked, triton]))
+    from ovprof.report.render import write_report
+
+    rep = write_report([str(store)], tmp_path / "out", formats={"md", "csv"})
+    f = rep.tables["loss_impl"].frame
+    assert list(f["loss_impl"]) == ["eager", "chunked", "triton"]
+    assert set(f["run_id"]) == {eager["run_id"], "fusedce000000001", "fusedce000000002"}
+    assert row_of(f, loss_impl="eager")["change_tracked_pct"] == pytest.approx(0.0)
+    assert row_of(f, loss_impl="chunked")["change_tracked_pct"] == pytest.approx(-25.0, abs=1e-6)
+    assert row_of(f, loss_impl="chunked")["peak_tracked_gib"] == pytest.approx(
+        chunked["metrics"]["peak_tracked_bytes"] / GIB)
+    assert row_of(f, loss_impl="triton")["change_tracked_pct"] == "triton error"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Caption head + cross-entropy: eager vs fused (loss_impl)" in md and "| -25.0 |" in md
+    assert (tmp_path / "out" / "loss_impl.csv").exists()
+
+
+def test_loss_impl_table_is_empty_without_a_fused_run(report):
+    t = report.tables["loss_impl"]
+    assert t.frame.empty and "more than one loss_impl" in t.empty_reason

@@ -64,7 +64,9 @@ def fmt(v: Any, kind: str) -> str:
     if kind == "gflops":
         return f"{n:.5g}"
     if kind in ("ms", "gib", "spread"):
-        return f"{n:.4g}"
+        return f"{n:.0f}" if abs(n) >= 1e4 else f"{n:.4g}"  # 85490, not 8.549e+04
+    if kind == "pct":
+        return f"{n:+.1f}"
     return f"{n:g}"
 
 
@@ -207,7 +209,8 @@ def _sections(rep: Report) -> list[tuple[str, Any]]:
     items.append(("p", "The paper's peak memory per chip (TPU v4-64, GB as printed), by global batch:"))
     items.append(("raw_table", (["paper setting", "global batch", "OpenVision GB/chip", "OpenVision 2 GB/chip"],
                                 mem_rows)))
-    for name, plot in (("mask_ratio", "mask_ratio.png"), ("batch", "batch_memory.png"), ("zero", "zero_memory.png")):
+    for name, plot in (("mask_ratio", "mask_ratio.png"), ("batch", "batch_memory.png"), ("zero", "zero_memory.png"),
+                       ("loss_impl", None)):
         tab = t[name]
         items.append(("h2", tab.title))
         if name == "zero":

@@ -29,7 +29,8 @@ from typing import Any
 import pandas as pd
 
 from ovprof.report import paper
-from ovprof.report.load import BREAKDOWN, ENV_FIELDS, MEMORY_SOURCES, SETTING_FIELDS, Data, key_of, nobatch_keys
+from ovprof.report.load import (BREAKDOWN, ENV_FIELDS, MEMORY_SOURCES, SETTING_FIELDS, Data, key_of, nobatch_keys,
+                                variant_label)
 
 GIB = 2**30
 SIDES = ("openvision", "caption", "clip")
@@ -46,7 +47,7 @@ DEFAULT_BUCKET_ELEMS = 500_000_000
 class Column:
     name: str  # raw column in the frame (CSV/JSON header)
     header: str  # display header, with its unit
-    kind: str = "text"  # text | int | ms | gib | x | gflops | num | spread (median with [p10-p90])
+    kind: str = "text"  # text | int | ms | gib | x | gflops | num | pct (signed, 1 decimal) | spread (median [p10-p90])
 
 
 @dataclass
@@ -626,6 +627,45 @@ def zero_table(data: Data, ctx: Context) -> Table:
                  empty_reason="no setting was measured at more than one ZeRO stage")
 
 
+LOSS_IMPL_ORDER = {"eager": 0, "chunked": 1, "triton": 2}
+
+
+def loss_impl_table(data: Data, ctx: Context) -> Table:
+    """Each setting measured with more than one loss_impl: the fused head + cross-entropy against eager."""
+    runs = data.runs
+    sources = memory_sources(runs)
+    rows = []
+    if len(runs):
+        for _, g in runs.groupby(["setting_key", "objective", "mask_ratio", "mask_position"], sort=False):
+            if g["loss_impl"].nunique() < 2:
+                continue
+            eager = g[g["loss_impl"] == "eager"]
+            base = eager.iloc[0] if len(eager) else None
+            for _, r in g.sort_values("loss_impl", key=lambda c: c.map(LOSS_IMPL_ORDER)).iterrows():
+                where = ctx.where(r)
+                row = {**setting_cells(r, ctx), "variant": variant_label(r["objective"], r["mask_ratio"],
+                                                                         r["mask_position"]),
+                       "loss_impl": r["loss_impl"], **_measure_cells(r, sources, where)}
+                for src in sources:
+                    mine = row[f"peak_{src}_gib"]
+                    ref = (metric(base, MEMORY_SOURCES[src], "eager", where, scale=GIB) if base is not None
+                           else f"no eager run at {where}")
+                    change = ratio(mine, ref, r["loss_impl"], "eager")
+                    row[f"change_{src}_pct"] = (change - 1) * 100 if num(change) is not None else change
+                row["run_id"] = r["run_id"]
+                rows.append(row)
+    cols = [*SETTING_COLUMNS, Column("variant", "objective variant"), Column("loss_impl", "loss_impl"),
+            *_measure_columns(sources),
+            *[Column(f"change_{s}_pct", f"{SOURCE_NAME[s]} vs eager %", "pct") for s in sources],
+            Column("run_id", "run_id")]
+    notes = ["eager materializes the caption head's logits (tokens x vocabulary) and their fp32 copies; chunked "
+             "(PyTorch, any device) and triton (fused kernel, CUDA or TRITON_INTERPRET=1) never hold them whole "
+             "(docs/fused-ce.md). Negative % = less memory than eager at the same setting. What the loss can save "
+             "is bounded by eager's own logits memory, so its share shrinks as activations grow."]
+    return Table("loss_impl", "Caption head + cross-entropy: eager vs fused (loss_impl)", pd.DataFrame(rows), cols,
+                 notes, empty_reason="no setting was measured with more than one loss_impl")
+
+
 def runs_table(data: Data, ctx: Context) -> Table:
     runs = data.runs
     sources = memory_sources(runs)
@@ -672,6 +712,7 @@ def build(data: Data) -> dict[str, Table]:
         "mask_ratio": mask_ratio_table(data, ctx),
         "batch": batch_table(data, ctx),
         "zero": zero_table(data, ctx),
+        "loss_impl": loss_impl_table(data, ctx),
         "runs": runs_table(data, ctx),
         **estimated_tables(data.runs),  # ovprof estimate, kept in its own section
     }
