@@ -99,7 +99,7 @@ class ChunkedLinearCE(torch.autograd.Function):
         N, V = hidden.shape[0], weight.shape[0]
         scale = grad_loss.float() / n_valid.clamp(min=1)  # 0-dim, stays on the device
         w_row = (valid.float() * scale)[:, None]  # (N, 1) dloss/dlogit per row, 0 on ignored rows
-        h32 = hidden.float()  # (N, D): hidden itself in fp32
+        h32 = hidden.float() if need_w else None  # (N, D) for dW: hidden itself when fp32
         dh32 = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
         dw = torch.empty_like(weight) if need_w else None
         # Vocabulary windows of all N rows: each window's dW rows are final at once (no V x D fp32 accumulator,
