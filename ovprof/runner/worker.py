@@ -38,37 +38,6 @@ def is_oom(exc: BaseException) -> bool:
                                               or "CUDA out of memory" in msg or BUDGET_MESSAGE in msg)
 
 
-def _percentile(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    if len(s) == 1:
-        return s[0]
-    pos = (len(s) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def _reset_rss_peak() -> bool:
-    """Reset the kernel's RSS high-water mark of this process (Linux >= 4.0), so VmHWM covers the timed steps."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _vm_hwm_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 class Runner:
     def __init__(self, spec: dict, result_dir: Path):
         from ovprof.config import from_mapping
@@ -79,25 +48,21 @@ class Runner:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.metrics: dict = {}
-        self.null_reasons: dict[str, str] = {}
+        from ovprof.measure.monitors import MetricSink
+
+        self.sink = MetricSink()  # registered metrics only (ovprof/metrics.py)
         self.phase = "startup"
         self.t_start = time.perf_counter()
-
-    def null(self, key: str, reason: str) -> None:
-        self.metrics[key] = None
-        self.null_reasons[key] = reason
 
     def run(self) -> None:
         import torch
 
         import deepspeed
-        from ovprof.measure.flops import step_flops
-        from ovprof.measure.memory import TensorTracker
-        from ovprof.models import build_model
-        from ovprof.models.data import make_batch
+        from ovprof import objectives
+        from ovprof.measure.monitors import AllocatorMonitor, NvmlMonitor, RssMonitor, StepTimer, read_tracker
 
         c = self.cfg.resolved()
+        sink = self.sink
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(self.local_rank)
@@ -115,13 +80,13 @@ class Runner:
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
         torch.manual_seed(c.seed)
         with deepspeed.zero.Init(config_dict_or_path=self.ds_config, enabled=c.zero == 3):
-            model = build_model(c)
+            model = objectives.build_model(c)
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                                config=self.ds_config)
-        batch = make_batch(c, device, rank=self.rank)
-        self.metrics["startup_s"] = time.perf_counter() - self.t_start
+        batch = objectives.make_batch(c, device, rank=self.rank)
+        sink.set("startup_s", time.perf_counter() - self.t_start)
         # CPU step times depend on intra-op threads and on what else runs on the cores: record them.
-        self.metrics["torch_num_threads"] = torch.get_num_threads()
+        sink.set("torch_num_threads", torch.get_num_threads())
 
         def step() -> None:
             loss = engine(**batch)
@@ -129,16 +94,14 @@ class Runner:
             engine.step()
 
         sync = torch.cuda.synchronize if cuda else (lambda: None)
-
-        sampler = None
-        if cuda:
-            from ovprof.measure.nvml import NvmlSampler
-
-            from ovprof.measure.nvml import torch_device_uuid
-
-            # NVML indexes ignore CUDA_VISIBLE_DEVICES: follow the torch device by UUID.
-            sampler = NvmlSampler(device_index=self.local_rank, uuid=torch_device_uuid(self.local_rank))
-            sampler.__enter__()
+        cuda_device = device if cuda else None
+        rss = RssMonitor()
+        monitors = [AllocatorMonitor(cuda_device), NvmlMonitor(cuda_device, self.local_rank), rss]
+        for m in monitors:
+            m.start()
+        peak, mfu_reason = self._peak_tflops(c, cuda)
+        timer = StepTimer(samples_per_step=c.batch * c.world_size, flops_per_step=objectives.step_flops(c).total,
+                          peak_tflops=peak, mfu_null_reason=mfu_reason)
 
         # Warm-up. Under a CPU budget the first step is tracked, so an over-budget point fails fast.
         self.phase = "warmup"
@@ -149,56 +112,39 @@ class Runner:
                 step()
         sync()
 
-        # Timed steps: nothing but the training step runs.
+        # Timed steps: nothing but the training step runs (the monitors were reset just before).
         self.phase = "timed"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-            if sampler:
-                sampler.reset()
-        rss_reset = _reset_rss_peak()
-        times_ms = []
+        for m in monitors:
+            m.reset()
         for _ in range(c.steps):
             t0 = time.perf_counter()
             step()
             sync()
-            times_ms.append((time.perf_counter() - t0) * 1e3)
-        self._timing(times_ms, step_flops(c).total, cuda)
-        if cuda:
-            from ovprof.measure.memory import cuda_memory_metrics
-
-            self.metrics.update(cuda_memory_metrics(device))
-            sampler.__exit__(None, None, None)
-            self.metrics["nvml_process_peak_bytes"] = sampler.process_peak_bytes
-            self.metrics["nvml_device_peak_bytes"] = sampler.device_peak_bytes
-            for k in ("nvml_process_peak_bytes", "nvml_device_peak_bytes"):
-                if self.metrics[k] is None:
-                    self.null_reasons[k] = sampler.null_reason or "NVML gave no sample"
-        else:
-            for k in ("peak_allocated_bytes", "peak_reserved_bytes", "alloc_retries", "oom_count",
-                      "nvml_process_peak_bytes", "nvml_device_peak_bytes"):
-                self.null(k, "no CUDA device: the CPU has no caching allocator or NVML")
-        hwm = _vm_hwm_bytes() if rss_reset else None
-        if hwm is None:
-            self.null("peak_rss_steps_bytes", "cannot reset the RSS high-water mark (/proc/self/clear_refs)")
-        else:
-            self.metrics["peak_rss_steps_bytes"] = hwm
+            timer.add((time.perf_counter() - t0) * 1e3)
+        timer.read(sink)
+        for m in monitors:
+            m.read(sink)
 
         # Tracked steps: the exact live-tensor peak of a steady-state step.
         self.phase = "tracked"
         tr = None
         for _ in range(TRACKED_STEPS):
             tr = self._tracked(engine, model, batch, step, budget=cpu_budget, prev=tr)
-        self.metrics["peak_tracked_bytes"] = tr.peak_bytes
-        self.metrics["tracked_breakdown_bytes"] = tr.peak_breakdown_bytes
-        self.metrics["tracked_phase_peak_bytes"] = tr.phase_peak_bytes  # forward / backward / optimizer
-        self.metrics["tracked_start_breakdown_bytes"] = tr.start_breakdown_bytes  # resident at the step's start
-        self.metrics["tracked_steps"] = TRACKED_STEPS
-
-        from ovprof.measure.memory import peak_rss_bytes_self
-
-        self.metrics["peak_rss_bytes"] = peak_rss_bytes_self()
-        self.metrics["param_count"] = sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
+        read_tracker(tr, TRACKED_STEPS, sink)
+        rss.read_life(sink)
+        sink.set("param_count", sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters()))
         self.phase = "done"
+
+    def _peak_tflops(self, c, cuda: bool) -> tuple[float | None, str | None]:
+        if not cuda:
+            return None, "no peak FLOP/s table entry for CPUs"
+        import torch
+
+        from ovprof.measure.hardware import peak_tflops
+
+        name = torch.cuda.get_device_name(self.device)
+        peak, reason = peak_tflops(name, c.precision)
+        return peak, (None if peak is not None else reason or f"unknown GPU {name!r}")
 
     def _tracked(self, engine, model, batch, step, *, budget, prev=None):
         """One step under the tensor tracker; keeps the higher of this and the previous tracked peak."""
@@ -226,36 +172,6 @@ class Runner:
             return prev
         return tr
 
-    def _timing(self, times_ms: list[float], flops_per_step: int, cuda: bool) -> None:
-        import statistics
-
-        c = self.cfg.resolved()
-        med = statistics.median(times_ms)
-        m = self.metrics
-        m["step_times_ms"] = times_ms
-        m["step_time_ms_median"] = med
-        m["step_time_ms_p10"] = _percentile(times_ms, 0.10)
-        m["step_time_ms_p90"] = _percentile(times_ms, 0.90)
-        m["step_time_ms_min"] = min(times_ms)
-        m["step_time_ms_max"] = max(times_ms)
-        m["samples_per_s"] = c.batch * c.world_size / (med / 1e3)
-        m["flops_per_step"] = flops_per_step  # per rank, analytic model FLOPs (ovprof/measure/flops.py)
-        m["tflops_per_s"] = flops_per_step / (med / 1e3) / 1e12
-        if not cuda:
-            self.null("mfu", "no peak FLOP/s table entry for CPUs")
-            return
-        import torch
-
-        from ovprof.measure.hardware import peak_tflops
-
-        name = torch.cuda.get_device_name(self.device)
-        peak, reason = peak_tflops(name, c.precision)
-        if peak is None:
-            self.null("mfu", reason or f"unknown GPU {name!r}")
-        else:
-            m["mfu"] = m["tflops_per_s"] / peak
-            m["peak_tflops"] = peak
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -263,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--result-dir", required=True)
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None)  # set by the deepspeed launcher
     args = ap.parse_args(argv)
-    from ovprof.runner.launch import die_with_parent
+    from ovprof.runner.executor import die_with_parent
 
     die_with_parent()  # under torchrun our parent is torchrun, which itself dies with the sweep
     if args.local_rank is not None:
@@ -284,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         out["error"] = {"type": type(exc).__name__, "message": str(exc)[:2000], "phase": runner.phase,
                         "traceback_tail": tb[-3000:]}
         code = EXIT_OOM if oom else EXIT_ERROR
-    out["metrics"] = runner.metrics
-    out["null_reasons"] = runner.null_reasons
+    out["metrics"] = runner.sink.values
+    out["null_reasons"] = runner.sink.reasons
     try:
         from ovprof.measure.env import collect_env
 
