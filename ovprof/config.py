@@ -20,8 +20,6 @@ from typing import Any, Mapping
 
 from ovprof import presets
 
-SCHEMA_VERSION = 1
-
 OBJECTIVES = ("caption", "clip", "openvision")
 MASK_POSITIONS = ("decoder", "encoder")
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -140,6 +138,11 @@ class ExecOptions:
 
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 _FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
+
+
+def config_field_types() -> dict[str, str]:
+    """Each RunConfig field's declared type, as text ("int", "float | None", ...): records are checked against it."""
+    return dict(_FIELD_TYPES)
 
 
 def _check(cond: bool, key: str, value: Any, msg: str, hint: str | None = None) -> None:
@@ -280,10 +283,6 @@ def parse_set(pairs: list[str], source: str = "--set") -> dict[str, Any]:
 def record_config(c: RunConfig) -> dict[str, Any]:
     """The fully resolved config as stored in a record."""
     return c.resolved().to_dict()
-
-
-def config_from_record(d: Mapping[str, Any]) -> RunConfig:
-    return from_mapping({k: v for k, v in d.items() if k in FIELD_NAMES})
 
 
 def fields_help() -> list[tuple[str, str, str]]:

@@ -18,7 +18,9 @@ from fractions import Fraction
 import pytest
 
 from ovprof.check.compare import parse_tolerance
-from ovprof.config import SCHEMA_VERSION, ExecOptions, RunConfig
+from ovprof.check.baseline import SCHEMA_VERSION as BASELINE_SCHEMA_VERSION
+from ovprof.config import ExecOptions, RunConfig
+from ovprof.results.record import SCHEMA_VERSION
 from ovprof.errors import UsageError
 from ovprof.results import store
 
@@ -364,7 +366,7 @@ def test_update_baseline_is_small_deterministic_and_checks_clean(check, tmp_path
     assert pa.read_bytes() == first == pb.read_bytes()
     data = json.loads(first)
     assert first.decode() == json.dumps(data, sort_keys=True, indent=2) + "\n"
-    assert data["kind"] == "baseline" and data["schema_version"] == SCHEMA_VERSION
+    assert data["kind"] == "baseline" and data["schema_version"] == BASELINE_SCHEMA_VERSION
     assert data["created_at"] == "2026-01-05T00:00:00.000+00:00"  # the newest record, not the clock
     assert {k: data["env"][k] for k in ("torch", "deepspeed", "ovprof_version", "git_sha", "cpu_model", "gpu_name")} \
         == {k: CPU_ENV[k] for k in ("torch", "deepspeed", "ovprof_version", "git_sha", "cpu_model", "gpu_name")}
@@ -460,8 +462,8 @@ def test_wider_decoder_is_caught_as_a_memory_regression(tmp_path):
                 for c, s in ((narrow, base_store), (wide, cur_store))]
         recs = [j.result() for j in jobs]
     for r in recs:
-        assert r["status"] == "ok", r.get("error")
-    before, after = (r["metrics"]["peak_tracked_bytes"] for r in recs)
+        assert r.status == "ok", r.error
+    before, after = (r.metrics["peak_tracked_bytes"] for r in recs)
 
     baseline = tmp_path / "reports" / "baselines" / "cpu-ci-memory.json"
     r = ovprof("check", "--update-baseline", "--baseline", str(baseline), "--results", str(base_store))

@@ -60,7 +60,7 @@ def test_masking_and_zero_move_the_estimate_the_right_way():
 def test_estimate_within_5pct_of_measured_peak_tracked_bytes(tmp_path, tiny, kw):
     cfg = tiny(**kw)
     rec = run_point(cfg, ExecOptions(store=str(tmp_path / "r.jsonl")))
-    measured = rec["metrics"]["peak_tracked_bytes"]
+    measured = rec.metrics["peak_tracked_bytes"]
     for method in ("fake", "analytic"):
         est = estimate(cfg, method, "native").peak_bytes
         assert abs(est / measured - 1) < 0.05, (method, est, measured)
@@ -78,8 +78,8 @@ def test_predicted_max_batch_matches_real_runs_under_a_budget_within_one_step(tm
                       ExecOptions(store=store))
     above = run_point(dataclasses.replace(cfg, batch=predicted + 1, memory_budget_gib=budget_gib),
                       ExecOptions(store=store))
-    assert below["status"] == "ok", below.get("error")
-    assert above["status"] == "oom", above["metrics"].get("peak_tracked_bytes")
+    assert below.status == "ok", below.error
+    assert above.status == "oom", above.metrics.get("peak_tracked_bytes")
 
 
 def test_paper_table_puts_predicted_ratios_beside_the_papers():

@@ -62,8 +62,8 @@ def test_same_config_twice_gives_identical_peak_tracked_bytes(tmp_path, tiny):
     path = tmp_path / "runs.jsonl"
     a = run_point(cfg, ExecOptions(store=str(path)))
     b = run_point(cfg, ExecOptions(store=str(path)))
-    assert a["metrics"]["peak_tracked_bytes"] == b["metrics"]["peak_tracked_bytes"]
-    assert a["metrics"]["tracked_breakdown_bytes"] == b["metrics"]["tracked_breakdown_bytes"]
+    assert a.metrics["peak_tracked_bytes"] == b.metrics["peak_tracked_bytes"]
+    assert a.metrics["tracked_breakdown_bytes"] == b.metrics["tracked_breakdown_bytes"]
 
 
 def test_cli_run_acceptance_openvision_zero3_world_size_2(tmp_path):
@@ -102,20 +102,20 @@ def test_a_worker_killed_by_a_signal_is_an_error_record(tmp_path, tiny):
 
     path = tmp_path / "runs.jsonl"
     rec = run_point(tiny(steps=50), ExecOptions(store=str(path)), on_start=kill_soon)
-    assert rec["status"] == "error"
-    assert rec["error"]["signal"] == "SIGKILL"
+    assert rec.status == "error"
+    assert rec.error["signal"] == "SIGKILL"
     assert store.read(path)[0]["status"] == "error"
 
 
 def test_timeout_is_a_timeout_record(tmp_path, tiny):
     path = tmp_path / "runs.jsonl"
     rec = run_point(tiny(steps=500), ExecOptions(store=str(path), timeout_s=3))
-    assert rec["status"] == "timeout"
+    assert rec.status == "timeout"
     assert store.read(path)[0]["status"] == "timeout"
 
 
 def test_merge_takes_timing_whole_from_the_slowest_rank_and_memory_as_the_max():
-    from ovprof.runner.launch import merge_ranks
+    from ovprof.results.record import merge_ranks
 
     fast = {"rank": 0, "metrics": {"step_times_ms": [1.0, 2.0], "step_time_ms_median": 1.5, "step_time_ms_p10": 1.1,
                                    "step_time_ms_p90": 1.9, "peak_tracked_bytes": 10, "tracked_breakdown_bytes": {"a": 10},

@@ -46,7 +46,6 @@ def test_round_trip_preserves_order_and_values(tmp_path):
 def test_missing_file_reads_empty(tmp_path):
     assert store.read(tmp_path / "nope.jsonl") == []
     assert store.read_with_stats(tmp_path / "nope.jsonl") == ([], 0)
-    assert store.done_run_ids(tmp_path / "nope.jsonl") == set()
 
 
 def test_torn_last_line_skipped_and_next_append_starts_fresh(tmp_path):
@@ -82,32 +81,6 @@ def test_nan_and_inf_become_null(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     assert store.read(path) == [{"run_id": "a", "loss": None, "m": {"x": None, "y": [1.0, None]},
                                  "t": [2.5, None]}]
-
-
-def test_latest_by_run_id_ignores_other_kinds():
-    records = [
-        {"run_id": "a", "status": "failed"},
-        {"run_id": "a", "kind": "run", "status": "ok"},
-        {"run_id": "a", "kind": "note", "status": "failed"},
-        {"run_id": "b", "kind": "kernel", "status": "ok"},
-        {"status": "ok"},
-    ]
-    latest = store.latest_by_run_id(records)
-    assert latest == {"a": {"run_id": "a", "kind": "run", "status": "ok"}}
-
-
-def test_done_run_ids(tmp_path):
-    path = tmp_path / "runs.jsonl"
-    for record in [
-        {"run_id": "a", "status": "ok"},
-        {"run_id": "a", "status": "failed"},  # a later failure does not undo "done"
-        {"run_id": "b", "status": "oom"},
-        {"run_id": "c", "status": "failed"},
-        {"run_id": "d", "kind": "note", "status": "ok"},
-    ]:
-        store.append(path, record)
-    assert store.done_run_ids(path) == {"a", "b"}
-    assert store.done_run_ids(path, statuses=("failed",)) == {"a", "c"}
 
 
 def test_concurrent_appender_processes_do_not_tear_lines(tmp_path):

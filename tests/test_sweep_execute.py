@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ovprof.config import ExecOptions
+from ovprof.results import record as R
 from ovprof.results import store
 from ovprof.runner import launch
 from ovprof.sweep import execute
@@ -27,19 +28,22 @@ class FakeRunPoint:
     def __init__(self, status=lambda cfg: "ok", interrupt_on: int | None = None):
         self.status, self.interrupt_on, self.calls = status, interrupt_on, []
 
-    def __call__(self, cfg, opts, *, extra=None, on_start=None):
+    def __call__(self, cfg, opts, *, sweep=None, max_batch_search=None, on_start=None):
         self.calls.append(cfg)
         if self.interrupt_on == len(self.calls):
             raise KeyboardInterrupt
         status = self.status(cfg)
-        rec = {"schema_version": 1, "kind": "run", "run_id": cfg.run_id, "config": cfg.resolved().to_dict(),
-               "status": status, "wall_time_s": 0.01, "log_path": f"logs/{cfg.run_id}.log", "env": {"host": "h"},
-               "error": None if status == "ok" else {"type": "X", "message": f"planted {status}"},
-               "metrics": {"step_time_ms_median": 10.0 + cfg.batch, "peak_tracked_bytes": 1000 * cfg.batch}
-               if status == "ok" else {}}
-        rec.update(extra or {})
-        store.append(opts.store, rec)
+        rec = R.parse(raw_record(cfg, status, sweep=sweep, max_batch_search=max_batch_search))
+        R.append(opts.store, rec)
         return rec
+
+
+def raw_record(cfg, status, **extra) -> dict:
+    return {"schema_version": 1, "kind": "run", "run_id": cfg.run_id, "config": cfg.resolved().to_dict(),
+            "status": status, "wall_time_s": 0.01, "log_path": f"logs/{cfg.run_id}.log", "env": {"host": "h"},
+            "error": None if status == "ok" else {"type": "X", "message": f"planted {status}"},
+            "metrics": {"step_time_ms_median": 10.0 + cfg.batch, "peak_tracked_bytes": 1000 * cfg.batch}
+            if status == "ok" else {}, **extra}
 
 
 def setup(tmp_path: Path, monkeypatch, text: str, fake: FakeRunPoint, overrides=None):
@@ -54,7 +58,7 @@ def test_points_with_an_ok_or_oom_record_are_skipped_errors_and_timeouts_run_aga
     fake = FakeRunPoint()
     exp, opts = setup(tmp_path, monkeypatch, "[axes]\nbatch = [1, 2, 3, 4, 5]\n", fake)
     for plan, status in zip(exp.plans, ["ok", "oom", "error", "timeout"]):
-        store.append(opts.store, {"kind": "run", "run_id": plan.run_id, "status": status})
+        store.append(opts.store, raw_record(plan.config, status))
     out = execute.run_sweep(exp, opts)
     assert [c.batch for c in fake.calls] == [3, 4, 5]
     assert out.skipped == 2 and out.counts["ok"] == 3 and out.exit_code == 0

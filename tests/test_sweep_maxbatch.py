@@ -100,7 +100,7 @@ def test_max_batch_search_finds_the_boundary_under_a_memory_budget_and_resumes(t
     records = store.read(out)
     (summary,) = [x for x in records if x.get("kind") == "max_batch"]
     runs = {x["run_id"]: x for x in records if x.get("kind") == "run"}
-    assert summary["status"] == "ok" and summary["schema_version"] == 1
+    assert summary["status"] == "ok" and summary["schema_version"] == 2
     assert summary["config"]["batch"] == "max" and summary["config"]["memory_budget_gib"] == 0.01
     m, oom, g = summary["max_batch"], summary["first_oom_batch"], summary["granularity"]
     # the boundary, shown by the store itself: m ran ok, first_oom ran out of memory, within granularity

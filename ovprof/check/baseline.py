@@ -22,23 +22,23 @@ from typing import Any, Iterable, Mapping
 
 from ovprof.check.compare import (MEMORY_METRICS, TIME_METRIC, default_metric, is_number, latest_per_point,
                                   normalized)
-from ovprof.config import SCHEMA_VERSION
 from ovprof.errors import UsageError
-from ovprof.results.store import DONE_STATUSES
+from ovprof.results.record import DONE_STATUSES, RunRecord
 
 KIND = "baseline"
+SCHEMA_VERSION = 1  # of the baseline file (records have their own: ovprof/results/record.py)
 # The environment a baseline records. All records behind one baseline must agree on every key:
 # peak_tracked_bytes is deterministic only for identical software, the allocator's peak only on one GPU model.
 ENV_KEYS = ("ovprof_version", "torch", "deepspeed", "cuda", "cuda_available", "gpu_name", "cpu_model", "git_sha",
             "git_dirty")
 
 
-def _env_of(records: list[Mapping[str, Any]]) -> dict[str, Any]:
+def _env_of(records: list[RunRecord]) -> dict[str, Any]:
     env: dict[str, Any] = {}
     for key in ENV_KEYS:
         values: list[Any] = []
         for r in records:
-            v = (r.get("env") or {}).get(key)
+            v = r.env.get(key)
             if v not in values:
                 values.append(v)
         if len(values) > 1:
@@ -60,28 +60,28 @@ def build_baseline(records: Iterable[Mapping[str, Any]], metrics: Iterable[str] 
     latest = list(latest_per_point(records).values())
     if not latest:
         raise UsageError("the results hold no run records: run the sweep first")
-    bad = [r for r in latest if r.get("status") not in DONE_STATUSES]
+    bad = [r for r in latest if r.status not in DONE_STATUSES]
     if bad:
-        listed = ", ".join(f"{r.get('run_id')} ({r.get('status')})" for r in bad[:5])
+        listed = ", ".join(f"{r.run_id} ({r.status})" for r in bad[:5])
         raise UsageError(f"{len(bad)} point(s) did not finish ok or oom: {listed}; a baseline holds measured "
                          "points only: rerun them, or drop them from the sweep")
     env = _env_of(latest)
     gated = list(metrics) or [default_metric(env)]
     points = []
     for r in latest:
-        m = r.get("metrics") or {}
-        if r["status"] == "ok":
+        m = r.metrics
+        if r.status == "ok":
             for metric in gated:
                 if not is_number(m.get(metric)):
-                    reason = (r.get("null_reasons") or {}).get(metric)
-                    raise UsageError(f"point {r.get('run_id')} has no {metric}"
+                    reason = r.null_reasons.get(metric)
+                    raise UsageError(f"point {r.run_id} has no {metric}"
                                      + (f" ({reason})" if reason else "") + "; choose another with --metric")
             kept = {k: m.get(k) for k in (*gated, TIME_METRIC)}
         else:
             kept = {}  # oom: the peak where it failed is not a figure to gate
-        points.append({"run_id": r.get("run_id"), "config": r["config"], "status": r["status"], "metrics": kept})
+        points.append({"run_id": r.run_id, "config": r.config, "status": r.status, "metrics": kept})
     points.sort(key=_sort_key)
-    stamps = [r.get("finished_at") for r in latest if isinstance(r.get("finished_at"), str)]
+    stamps = [r.finished_at for r in latest if isinstance(r.finished_at, str)]
     return {
         "kind": KIND,
         "schema_version": SCHEMA_VERSION,

@@ -24,18 +24,19 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Iterable, Mapping
 
-from ovprof.config import FIELD_NAMES, RunConfig
+from ovprof import metrics as M
+from ovprof.config import FIELD_NAMES
 from ovprof.errors import UsageError
-from ovprof.results.store import DONE_STATUSES
+from ovprof.results import record as R
 
-# Metrics `--metric` may gate: every per-device byte figure a record carries.
-MEMORY_METRICS = ("peak_tracked_bytes", "peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes",
-                  "peak_rss_steps_bytes", "nvml_process_peak_bytes", "nvml_device_peak_bytes")
-TIME_METRIC = "step_time_ms_median"  # gated only with --time-tolerance; always kept in a baseline for reference
+# Metrics `--metric` may gate: every per-device byte figure a record carries (ovprof/metrics.py, gate="memory").
+MEMORY_METRICS = M.memory_metrics()
+# Gated only with --time-tolerance; always kept in a baseline for reference.
+(TIME_METRIC,) = (m.name for m in M.gateable("time"))
 CPU_METRIC, CUDA_METRIC = "peak_tracked_bytes", "peak_allocated_bytes"
 
 OK, IMPROVED, NEW, MISSING, REGRESSION, STATUS_CHANGED = "ok", "improved", "new", "missing", "regression", \
@@ -46,7 +47,6 @@ FAILING = frozenset({STATUS_CHANGED, REGRESSION, MISSING})
 
 # Always named in a point's label; other fields only where the points differ in them.
 LABEL_ALWAYS = ("objective", "encoder")
-_DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
 _TOLERANCE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*%?\s*")
 
 
@@ -104,8 +104,8 @@ def is_number(v: Any) -> bool:
 
 
 def normalized(config: Mapping[str, Any], ignore: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """The config as today's RunConfig sees it: missing fields at their default, unknown ones dropped."""
-    return {k: config.get(k, _DEFAULTS[k]) for k in FIELD_NAMES if k not in ignore}
+    """The config as today's RunConfig sees it (ovprof.results.record's normaliser), less the ignored fields."""
+    return {k: v for k, v in R.normalize_config(config).items() if k not in ignore}
 
 
 def match_key(config: Mapping[str, Any], ignore: frozenset[str] = frozenset()) -> tuple:
@@ -113,24 +113,11 @@ def match_key(config: Mapping[str, Any], ignore: frozenset[str] = frozenset()) -
     return tuple(normalized(config, ignore).items())
 
 
-def is_run_record(record: Mapping[str, Any]) -> bool:
-    # Records written before `kind` existed are run records (as in results.store).
-    return record.get("kind", "run") == "run" and isinstance(record.get("config"), dict)
-
-
-def latest_per_point(records: Iterable[Mapping[str, Any]],
-                     ignore: frozenset[str] = frozenset()) -> dict[tuple, Mapping[str, Any]]:
+def latest_per_point(records: Iterable[R.Record | Mapping[str, Any]],
+                     ignore: frozenset[str] = frozenset()) -> dict[tuple, R.RunRecord]:
     """For each point: its latest ok/oom record, else its latest record (file order; later stores win)."""
-    done: dict[tuple, Mapping[str, Any]] = {}
-    latest: dict[tuple, Mapping[str, Any]] = {}
-    for record in records:
-        if not is_run_record(record):
-            continue
-        key = match_key(record["config"], ignore)
-        latest[key] = record
-        if record.get("status") in DONE_STATUSES:
-            done[key] = record
-    return {key: done.get(key, rec) for key, rec in latest.items()}
+    runs = [r for r in map(R.coerce, records) if isinstance(r, R.RunRecord)]
+    return R.latest(runs, key=lambda r: match_key(r.config, ignore), prefer_done=True)
 
 
 @dataclass(frozen=True)
@@ -224,19 +211,19 @@ def _judge(base: Any, cur: Any, tol: Fraction) -> str:
     return OK
 
 
-def _error_note(record: Mapping[str, Any]) -> str:
+def _error_note(record: R.RunRecord) -> str:
     """'RuntimeError: first line of the message', from the record's error block."""
-    err = record.get("error") or {}
+    err = record.error or {}
     first = (str(err.get("message") or "").strip().splitlines() or [""])[0][:200]
     return ": ".join(x for x in (err.get("type"), first) if x)
 
 
-def _metric_rows(point: Mapping[str, Any], record: Mapping[str, Any], gate: Gate, baseline_name: str) -> list[Row]:
-    metrics = list(gate.metrics) or [default_metric(record.get("env"))]
+def _metric_rows(point: Mapping[str, Any], record: R.RunRecord, gate: Gate, baseline_name: str) -> list[Row]:
+    metrics = list(gate.metrics) or [default_metric(record.env)]
     checks = [(m, gate.tolerance_pct) for m in metrics]
     if gate.time_tolerance_pct is not None:
         checks.append((TIME_METRIC, gate.time_tolerance_pct))
-    cur_metrics = record.get("metrics") or {}
+    cur_metrics = record.metrics
     rows = []
     for metric, tol in checks:
         base = point["metrics"].get(metric)
@@ -246,13 +233,13 @@ def _metric_rows(point: Mapping[str, Any], record: Mapping[str, Any], gate: Gate
                 fix = f"rebuild it with --update-baseline --metric {metric}" if metric != TIME_METRIC else \
                     "rebuild it with --update-baseline"
             else:
-                device = "a CUDA device" if is_cuda(record.get("env")) else "CPU"
+                device = "a CUDA device" if is_cuda(record.env) else "CPU"
                 fix = (f"the results come from {device}, whose default is {metric}: compare like with like, "
                        "or choose a stored metric with --metric")
             raise UsageError(f"{baseline_name}: point {point['run_id']} has no {metric} (it stores {stored}); {fix}")
         cur = cur_metrics.get(metric)
         if not is_number(cur):
-            reason = (record.get("null_reasons") or {}).get(metric)
+            reason = record.null_reasons.get(metric)
             rows.append(Row(metric, base, None, MISSING, tol,
                             note=f"the current record has no {metric}" + (f" ({reason})" if reason else "")))
         else:
@@ -260,7 +247,7 @@ def _metric_rows(point: Mapping[str, Any], record: Mapping[str, Any], gate: Gate
     return rows
 
 
-def _point_rows(point: Mapping[str, Any], record: Mapping[str, Any] | None, gate: Gate,
+def _point_rows(point: Mapping[str, Any], record: R.RunRecord | None, gate: Gate,
                 gated_metrics: list[str], baseline_name: str, excuse_missing: bool) -> list[Row]:
     b_status = point["status"]
     if record is None:
@@ -272,7 +259,7 @@ def _point_rows(point: Mapping[str, Any], record: Mapping[str, Any] | None, gate
         metrics = list(gate.metrics) or gated_metrics
         return [Row(m, point["metrics"].get(m), None, MISSING, gate.tolerance_pct, note=note,
                     excused=excuse_missing) for m in metrics]
-    c_status = record.get("status")
+    c_status = record.status
     if b_status == "ok" and c_status == "ok":
         return _metric_rows(point, record, gate, baseline_name)
     if b_status == c_status:
@@ -306,13 +293,13 @@ def _varying_fields(configs: list[dict[str, Any]], ignore: frozenset[str]) -> li
     return out
 
 
-def _env_notes(baseline_env: Mapping[str, Any], records: list[Mapping[str, Any]]) -> list[str]:
+def _env_notes(baseline_env: Mapping[str, Any], records: list[R.RunRecord]) -> list[str]:
     notes = []
     for key, what in (("torch", "torch"), ("deepspeed", "deepspeed"), ("ovprof_version", "ovprof"),
                       ("gpu_name", "GPU")):
         seen = []
         for r in records:
-            v = (r.get("env") or {}).get(key)
+            v = r.env.get(key)
             if v not in seen:
                 seen.append(v)
         if seen and seen != [baseline_env.get(key)]:
@@ -321,14 +308,14 @@ def _env_notes(baseline_env: Mapping[str, Any], records: list[Mapping[str, Any]]
     return notes
 
 
-def compare(baseline: Mapping[str, Any], records: Iterable[Mapping[str, Any]], gate: Gate,
+def compare(baseline: Mapping[str, Any], records: Iterable[R.Record | Mapping[str, Any]], gate: Gate,
             baseline_name: str = "baseline") -> CheckResult:
     """Judge every baseline point against the results, and list the results' points the baseline lacks."""
     ignore = gate.ignore_fields
     current = latest_per_point(records, ignore)
     seen: dict[tuple, str] = {}
     points: list[PointResult] = []
-    used: list[Mapping[str, Any]] = []
+    used: list[R.RunRecord] = []
     # Results that hold none of the baseline's points (a sweep that ran nothing, the wrong store) never pass.
     excuse = gate.allow_missing and any(match_key(p["config"], ignore) in current for p in baseline["points"])
     for point in baseline["points"]:
@@ -343,18 +330,17 @@ def compare(baseline: Mapping[str, Any], records: Iterable[Mapping[str, Any]], g
             used.append(record)
         rows = _point_rows(point, record, gate, baseline["gated_metrics"], baseline_name, excuse)
         points.append(PointResult(normalized(point["config"]), point["run_id"],
-                                  record.get("run_id") if record else None, rows))
+                                  record.run_id if record else None, rows))
     for key, record in current.items():
         if key in seen:
             continue
         used.append(record)
-        if record.get("status") == "ok":
-            metrics = list(gate.metrics) or [default_metric(record.get("env"))]
-            rows = [Row(m, None, (record.get("metrics") or {}).get(m), NEW, note="not in the baseline")
-                    for m in metrics]
+        if record.status == "ok":
+            metrics = list(gate.metrics) or [default_metric(record.env)]
+            rows = [Row(m, None, record.metrics.get(m), NEW, note="not in the baseline") for m in metrics]
         else:
-            rows = [Row("status", None, record.get("status"), NEW, note="not in the baseline")]
-        points.append(PointResult(normalized(record["config"]), None, record.get("run_id"), rows))
+            rows = [Row("status", None, record.status, NEW, note="not in the baseline")]
+        points.append(PointResult(normalized(record.config), None, record.run_id, rows))
     varying = _varying_fields([p.config for p in points], ignore)
     for p in points:
         p.label = _label(p.config, varying)

@@ -37,21 +37,14 @@ _COLORS = {"ok": "green", "improved": "cyan", "new": "blue", "missing": "yellow"
            "status-changed": "bold red"}
 
 
-def _read_results(paths: list[Path]) -> list[dict]:
-    from rich.markup import escape
+def _read_results(paths: list[Path]) -> list:
+    """The run records of the stores, in order; a bad line is one warning on stderr (record.read_store)."""
+    from ovprof.results import record
 
-    from ovprof.results import store
-
-    records: list[dict] = []
     for path in paths:
         if not path.is_file():
             raise UsageError(f"{path}: no such results store")
-        recs, skipped = store.read_with_stats(path)
-        if skipped:
-            console(stderr=True).print(f"[yellow]warning:[/] {escape(str(path))}: skipped {skipped} unreadable "
-                                       "line(s)", soft_wrap=True)
-        records.extend(recs)
-    return records
+    return record.read_stores(paths).runs
 
 
 def _value(v) -> str:

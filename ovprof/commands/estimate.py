@@ -87,21 +87,26 @@ def _configs(sweep_file: Optional[Path], values: dict):
 
 def validate(stores: list[Path], methods: list[str]) -> dict:
     """Estimate every ok run record and compare with its measured peak_tracked_bytes."""
-    from ovprof.config import config_from_record
+    from ovprof.config import ConfigError
     from ovprof.estimate import estimate
-    from ovprof.results import store
+    from ovprof.results import record
 
     rows = []
     for path in stores:
         if not path.exists():
             raise UsageError(f"{path}: no such store")
-        for rec in store.latest_by_run_id(store.read(path)).values():
-            measured = (rec.get("metrics") or {}).get("peak_tracked_bytes")
-            if rec.get("status") != "ok" or not measured:
+        for rec in record.latest(record.read_store(path).runs).values():
+            measured = rec.metrics.get("peak_tracked_bytes")
+            if rec.status != "ok" or not measured:
                 continue
-            cfg = config_from_record(rec["config"])
-            attention = "flash" if (rec.get("env") or {}).get("cuda_available") else "native"
-            row = {"run_id": rec["run_id"], "store": str(path), "measured_bytes": measured,
+            try:
+                cfg = record.run_config(rec.config)
+            except ConfigError as e:  # a config today's rules refuse: not estimable, not fatal
+                console(stderr=True).print(f"warning: {path}: run {rec.run_id} skipped: {e}", markup=False,
+                                           highlight=False, soft_wrap=True)
+                continue
+            attention = "flash" if rec.env.get("cuda_available") else "native"
+            row = {"run_id": rec.run_id, "store": str(path), "measured_bytes": measured,
                    "objective": cfg.objective, "zero": cfg.zero, "batch": cfg.batch, "world_size": cfg.world_size,
                    "mask_ratio": cfg.mask_ratio, "precision": cfg.precision}
             for m in methods:

@@ -75,9 +75,9 @@ def report(
 ) -> None:
     paths, name = resolve_stores(list(stores or []), sweep)
     wanted = parse_formats(formats)
-    from ovprof.results import store
+    from ovprof.results import record
 
-    if not any(r.get("kind", "run") == "run" for p in paths for r in store.read(p)):
+    if not record.read_stores(paths).runs:
         raise UsageError(f"{', '.join(paths)}: no run records to report on")
     out_dir = out or Path("reports") / name
 

@@ -60,19 +60,20 @@ def check_devices(world_size: int, source: str | None = None) -> None:
         raise ConfigError(f"exceeds the {have} {what} available", source=source, key="world_size", value=world_size)
 
 
-def summarize(record: dict, store: str) -> None:
+def summarize(record, store: str) -> None:
+    """The run's summary: status, then each figure with its unit (ovprof/metrics.py names them)."""
     from rich.table import Table
 
     c = console()
-    cfg, m, status = record["config"], record.get("metrics") or {}, record["status"]
+    cfg, m, status = record.config, record.metrics, record.status
     head = (f"{cfg['objective']} {cfg['encoder']}@{cfg['res']} mask={cfg['mask_ratio']}({cfg['mask_position']}) "
             f"batch={cfg['batch']}x{cfg['world_size']} zero={cfg['zero']} {cfg['precision']}")
     color = {"ok": "green", "oom": "yellow"}.get(status, "red")
-    c.print(f"[bold {color}]{status}[/] {head}  run_id={record['run_id']}")
+    c.print(f"[bold {color}]{status}[/] {head}  run_id={record.run_id}")
     if status != "ok":
-        err = record.get("error") or {}
+        err = record.error or {}
         c.print(f"[{color}]{err.get('type', '')}: {str(err.get('message', '')).splitlines()[0][:300] if err.get('message') else ''}[/]")
-        c.print(f"log: {record.get('log_path')}  store: {store}")
+        c.print(f"log: {record.log_path}  store: {store}")
         return
     t = Table(show_header=False, box=None)
     t.add_row("step_time_ms median [p10, p90]",
@@ -145,7 +146,7 @@ def run(
         console(stderr=True).print(f"running {cfg.run_id} in a worker process (log under {out.parent}/logs) ...")
     record = run_point(cfg, opts)
     if json_out:
-        print_json(record)
+        print_json(record.to_json())
     else:
         summarize(record, str(out))
-    raise typer.Exit(STATUS_EXIT.get(record["status"], 1))
+    raise typer.Exit(STATUS_EXIT.get(record.status, 1))

@@ -67,9 +67,9 @@ def _store_status(index, plan) -> str:
         rec = index.max_summaries.get(plan.run_id)
         if rec is None:
             return "-"
-        return f"max {rec['max_batch']}" if rec.get("status") == "ok" else rec.get("status", "?")
+        return f"max {rec.max_batch}" if rec.status == "ok" else rec.status
     rec = index.done.get(plan.run_id) or index.latest.get(plan.run_id)
-    return rec.get("status", "?") if rec else "-"
+    return rec.status if rec else "-"
 
 
 @app.command("plan", help=PLAN_HELP)
@@ -204,8 +204,8 @@ def render_summary(outcome) -> None:
     oks = []
     for p in exp.plans:
         rec = None if p.is_max_batch else index.latest.get(p.run_id)
-        if rec and rec.get("status") == "ok":
-            oks.append((p, rec.get("metrics") or {}))
+        if rec and rec.status == "ok":
+            oks.append((p, rec.metrics))
     timed = [(p, m) for p, m in oks if m.get("step_time_ms_median") is not None]
     if timed:
         p, m = min(timed, key=lambda x: x[1]["step_time_ms_median"])
@@ -218,18 +218,19 @@ def render_summary(outcome) -> None:
         rec = index.max_summaries.get(p.run_id) if p.is_max_batch else None
         if rec is None:
             continue
-        if rec["status"] == "ok":
-            oom = rec.get("first_oom_batch")
-            val = (f"{rec['max_batch']} (first oom {oom}" if oom is not None
-                   else f">= {rec['max_batch']} (no oom up to the limit") + f", {rec.get('trial_count')} trials)"
+        if rec.status == "ok":
+            oom = rec.first_oom_batch
+            val = (f"{rec.max_batch} (first oom {oom}" if oom is not None
+                   else f">= {rec.max_batch} (no oom up to the limit") + f", {rec.trial_count} trials)"
         else:
-            val = rec["status"]
+            val = rec.status
         t.add_row("max batch", f"{val}  {escape(p.label())}")
     for o in outcome.failed[:10]:
-        err = (o.record or {}).get("error") or {}
+        err = (o.record.error if o.record is not None else None) or {}
         msg = str(err.get("message") or "").strip().splitlines()
+        log = getattr(o.record, "log_path", None) or err.get("log_path")
         t.add_row(o.status, escape(f"{o.plan.label()}: {err.get('type', '')}: {msg[0][:160] if msg else ''}  "
-                                   f"log: {(o.record or {}).get('log_path') or err.get('log_path')}"))
+                                   f"log: {log}"))
     if len(outcome.failed) > 10:
         t.add_row("", f"... and {len(outcome.failed) - 10} more failed points")
     t.add_row("store", escape(outcome.store))

@@ -6,7 +6,9 @@ Several processes (a sweep driver, the runs it launches, a user's second sweep)
 may append to the same file at once, and any of them can be killed mid-write.
 So each record goes out as one `os.write` under an exclusive `flock`, and the
 readers skip a torn line instead of failing on it. Nothing is ever rewritten:
-a later record for the same `run_id` supersedes the earlier one on read.
+a later record for the same `run_id` supersedes the earlier one on read. This
+module moves bytes and JSON objects; what a record is, and which lines are
+records, is ovprof/results/record.py's.
 """
 
 from __future__ import annotations
@@ -17,9 +19,6 @@ import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
-
-DONE_STATUSES = ("ok", "oom")
-
 
 def _finite(value: Any) -> Any:
     """Replace float nan/inf by None, recursively, so strict JSON can encode the record."""
@@ -79,54 +78,38 @@ def append(path: str | Path, record: dict) -> None:
         os.close(fd)
 
 
-def read_with_stats(path: str | Path) -> tuple[list[dict], int]:
-    """Records in file order, and how many non-blank lines were skipped as unparseable."""
+def lines(path: str | Path) -> Iterable[tuple[int, bytes]]:
+    """(1-based line number, bytes) of every non-blank line; nothing for a missing file.
+
+    Decoding and checking a line is ovprof/results/record.py's job: this module moves bytes."""
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
-        return [], 0
-    records: list[dict] = []
+        return
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if line.strip():
+            yield lineno, line
+
+
+def read_with_stats(path: str | Path) -> tuple[list[dict], int]:
+    """Decoded JSON objects in file order, and how many non-blank lines were not one (raw: no record checks)."""
+    objects: list[dict] = []
     skipped_lines = 0
-    for line in raw.split(b"\n"):
-        if not line.strip():
-            continue
+    for _, line in lines(path):
         try:
             obj = json.loads(line)
         except ValueError:  # JSONDecodeError and UnicodeDecodeError (a cut multi-byte char)
             skipped_lines += 1
             continue
         if isinstance(obj, dict):
-            records.append(obj)
+            objects.append(obj)
         else:
             skipped_lines += 1
-    return records, skipped_lines
+    return objects, skipped_lines
 
 
 def read(path: str | Path) -> list[dict]:
-    """Records in file order; [] for a missing file; torn or foreign lines are skipped."""
+    """Decoded JSON objects in file order; [] for a missing file; torn or foreign lines are skipped.
+
+    Commands read records through ovprof.results.record.read_store, which also checks each one."""
     return read_with_stats(path)[0]
-
-
-def _is_run(record: dict) -> bool:
-    # Records written before `kind` existed are run records.
-    return record.get("kind", "run") == "run"
-
-
-def latest_by_run_id(records: Iterable[dict]) -> dict[str, dict]:
-    """The last run record for each run_id (file order decides, not timestamps)."""
-    latest: dict[str, dict] = {}
-    for record in records:
-        run_id = record.get("run_id")
-        if _is_run(record) and isinstance(run_id, str):
-            latest[run_id] = record
-    return latest
-
-
-def done_run_ids(path: str | Path, statuses: Iterable[str] = DONE_STATUSES) -> set[str]:
-    """run_ids with at least one run record in one of `statuses` (so a resumed sweep skips them)."""
-    wanted = set(statuses)
-    return {
-        record["run_id"]
-        for record in read(path)
-        if _is_run(record) and isinstance(record.get("run_id"), str) and record.get("status") in wanted
-    }

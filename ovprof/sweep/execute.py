@@ -23,14 +23,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from ovprof.config import SCHEMA_VERSION, ExecOptions
-from ovprof.results import store
-from ovprof.results.store import DONE_STATUSES
+from ovprof import metrics as M
+from ovprof.config import ExecOptions
+from ovprof.results import record as R
+from ovprof.results.record import DONE_STATUSES, MaxBatchRecord, RunRecord
 from ovprof.sweep import maxbatch
 from ovprof.sweep.progress import Reporter
 from ovprof.sweep.spec import Expansion, RunPlan
 
 FAILED_STATUSES = ("error", "timeout")
+SUMMARY_METRICS = ("step_time_ms_median", "peak_tracked_bytes")  # what a finished point's progress line shows
 
 
 def _now() -> str:
@@ -42,50 +44,43 @@ class StoreIndex:
 
     def __init__(self, path: str):
         self.path = path
-        self.done: dict[str, dict] = {}  # run_id -> latest run record with status ok or oom
-        self.latest: dict[str, dict] = {}  # run_id -> latest run record, any status
-        self.max_summaries: dict[str, dict] = {}  # max-batch point id -> latest summary record
+        contents = R.read_store(path)  # a bad line is one warning, never a crash
+        self.latest: dict[str, RunRecord] = R.latest(contents.runs)  # run_id -> latest run record, any status
+        self.done: dict[str, RunRecord] = {k: r for k, r in R.latest(contents.runs, prefer_done=True).items()
+                                           if r.done}  # run_id -> latest ok/oom run record
+        self.max_summaries: dict[str, MaxBatchRecord] = R.latest(contents.max_batches)  # point id -> summary
         self.fresh: set[str] = set()  # run_ids this invocation ran (reused even under --rerun)
-        for rec in store.read(path):
-            self._index(rec)
 
-    def _index(self, rec: dict) -> None:
-        rid = rec.get("run_id")
-        if not isinstance(rid, str):
-            return
-        kind = rec.get("kind", "run")
-        if kind == "run":
-            self.latest[rid] = rec
-            if rec.get("status") in DONE_STATUSES:
-                self.done[rid] = rec
-        elif kind == "max_batch":
-            self.max_summaries[rid] = rec
+    def add(self, rec: RunRecord | MaxBatchRecord) -> None:
+        if isinstance(rec, MaxBatchRecord):
+            self.max_summaries[rec.run_id] = rec
+        else:
+            self.latest[rec.run_id] = rec
+            if rec.done:
+                self.done[rec.run_id] = rec
+        self.fresh.add(rec.run_id)
 
-    def add(self, rec: dict) -> None:
-        self._index(rec)
-        self.fresh.add(rec["run_id"])
-
-    def done_run(self, run_id: str, rerun: bool) -> dict | None:
+    def done_run(self, run_id: str, rerun: bool) -> RunRecord | None:
         if rerun and run_id not in self.fresh:
             return None
         return self.done.get(run_id)
 
-    def done_point(self, plan: RunPlan, rerun: bool) -> dict | None:
+    def done_point(self, plan: RunPlan, rerun: bool) -> RunRecord | MaxBatchRecord | None:
         """The record that makes this point done, or None when it must run."""
         if not plan.is_max_batch:
             return self.done_run(plan.run_id, rerun)
         if rerun and plan.run_id not in self.fresh:
             return None
         rec = self.max_summaries.get(plan.run_id)
-        same = rec is not None and all(rec.get(k) == v for k, v in plan.max_batch.to_dict().items())
-        return rec if same and rec.get("status") in DONE_STATUSES else None
+        same = rec is not None and rec.search_options() == plan.max_batch.to_dict()
+        return rec if same and rec.done else None
 
 
 @dataclass
 class PointOutcome:
     plan: RunPlan
     status: str  # ok | oom | error | timeout (a max-batch point: its summary's status)
-    record: dict | None  # the run record, or the max-batch summary record
+    record: RunRecord | MaxBatchRecord | None  # the run record, or the max-batch summary record
     skipped: bool = False  # done before this run started
 
 
@@ -157,7 +152,7 @@ def run_sweep(expansion: Expansion, opts: ExecOptions, *, rerun: bool = False,
     for plan in expansion.plans:
         rec = index.done_point(plan, rerun)
         if rec is not None:
-            out.outcomes.append(PointOutcome(plan, rec["status"], rec, skipped=True))
+            out.outcomes.append(PointOutcome(plan, rec.status, rec, skipped=True))
         else:
             todo.append(plan)
     rep = reporter or Reporter(len(todo))
@@ -173,11 +168,11 @@ def run_sweep(expansion: Expansion, opts: ExecOptions, *, rerun: bool = False,
                     rec = _max_batch_point(plan, opts, index, rerun, rep, spec.name)
                     detail = _max_detail(rec)
                 else:
-                    rec = run_point(plan.config, opts, extra={"sweep": spec.name})
+                    rec = run_point(plan.config, opts, sweep=spec.name)
                     index.add(rec)
                     detail = _run_detail(rec)
-                out.outcomes.append(PointOutcome(plan, rec["status"], rec))
-                rep.finish(rec["status"], rec.get("wall_time_s"), detail)
+                out.outcomes.append(PointOutcome(plan, rec.status, rec))
+                rep.finish(rec.status, rec.wall_time_s, detail)
         except KeyboardInterrupt:
             out.interrupted = seen["signal"]
         finally:
@@ -191,34 +186,32 @@ def _first_line(s: object, n: int = 160) -> str:
     return text[0][:n] if text else ""
 
 
-def _run_detail(rec: dict) -> str:
-    if rec["status"] == "ok":
-        m = rec.get("metrics") or {}
-        med, peak = m.get("step_time_ms_median"), m.get("peak_tracked_bytes")
-        return (f"step {med:.1f} ms" if med is not None else "") + (
-            f", tracked peak {peak / 2**30:.3f} GiB" if peak is not None else "")
-    err = rec.get("error") or {}
-    return f"{err.get('type', '')}: {_first_line(err.get('message'))}  log: {rec.get('log_path')}"
+def _run_detail(rec: RunRecord) -> str:
+    if rec.status == "ok":
+        shown = [(M.get(name), rec.metrics.get(name)) for name in SUMMARY_METRICS]
+        return ", ".join(f"{m.label} {m.format(v)}" for m, v in shown if v is not None)
+    err = rec.error or {}
+    return f"{err.get('type', '')}: {_first_line(err.get('message'))}  log: {rec.log_path}"
 
 
-def _max_detail(rec: dict) -> str:
-    n = len(rec.get("trials") or [])
-    if rec["status"] == "ok":
-        oom = rec.get("first_oom_batch")
-        tail = f"first oom {oom}" if oom is not None else f"no oom up to limit {rec.get('limit')}"
-        return f"max batch {rec['max_batch']} ({tail}; {n} trials)"
-    if rec["status"] == "oom":
-        return f"even batch {rec.get('start')} is out of memory ({n} trial); lower [max_batch] start"
-    return f"{(rec.get('error') or {}).get('message', '')} ({n} trials)"
+def _max_detail(rec: MaxBatchRecord) -> str:
+    n = len(rec.trials)
+    if rec.status == "ok":
+        oom = rec.first_oom_batch
+        tail = f"first oom {oom}" if oom is not None else f"no oom up to limit {rec.limit}"
+        return f"max batch {rec.max_batch} ({tail}; {n} trials)"
+    if rec.status == "oom":
+        return f"even batch {rec.start} is out of memory ({n} trial); lower [max_batch] start"
+    return f"{(rec.error or {}).get('message', '')} ({n} trials)"
 
 
 def _max_batch_point(plan: RunPlan, opts: ExecOptions, index: StoreIndex, rerun: bool, rep: Reporter,
-                     sweep_name: str) -> dict:
+                     sweep_name: str) -> MaxBatchRecord:
     """Search the largest batch for one point; every trial is a run record; returns the summary record."""
     from ovprof.runner.launch import run_point
 
     mb = plan.max_batch
-    records: dict[int, dict] = {}
+    records: dict[int, RunRecord] = {}
     started, t0 = _now(), time.perf_counter()
 
     def attempt(batch: int) -> maxbatch.Trial:
@@ -227,47 +220,32 @@ def _max_batch_point(plan: RunPlan, opts: ExecOptions, index: StoreIndex, rerun:
         reused = rec is not None
         if rec is None:
             rep.trial(batch)
-            rec = run_point(cfg, opts, extra={"sweep": sweep_name, "max_batch_search": plan.run_id})
+            rec = run_point(cfg, opts, sweep=sweep_name, max_batch_search=plan.run_id)
             index.add(rec)
         records[batch] = rec
-        return maxbatch.Trial(batch=batch, status=rec["status"], run_id=rec["run_id"], reused=reused)
+        return maxbatch.Trial(batch=batch, status=rec.status, run_id=rec.run_id, reused=reused)
 
     result = maxbatch.search(mb, attempt, on_trial=lambda t: rep.trial(t.batch, t.status, t.reused))
-    summary = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "max_batch",
-        "run_id": plan.run_id,
-        "sweep": sweep_name,
-        "config": plan.record_config(),
-        "status": result.status,
-        "max_batch": result.max_batch,
-        "first_oom_batch": result.first_oom_batch,
-        "limit_reached": result.limit_reached,
-        **mb.to_dict(),
-        "trials": [t.to_dict() for t in result.trials],
-        "trial_count": len(result.trials),
-        "growth_trials": result.growth_trials,
-        "trial_bound": maxbatch.trial_bound(mb, result.first_oom_batch),
-        "growth_trial_bound": maxbatch.growth_bound(mb, result.first_oom_batch),
-        "started_at": started,
-        "finished_at": _now(),
-        "wall_time_s": time.perf_counter() - t0,
-        "error": None,
-    }
+    error = None
     if result.failed is not None:
         bad = records[result.failed.batch]
-        err = bad.get("error") or {}
-        summary["error"] = {
+        err = bad.error or {}
+        error = {
             "type": "TrialFailed",
             "message": (f"trial batch={result.failed.batch} ended in {result.failed.status} "
                         f"({err.get('type', '?')}: {_first_line(err.get('message'), 200)}); the search stops, "
                         "since only an oom shows that a batch does not fit"),
-            "trial_run_id": bad.get("run_id"),
-            "log_path": bad.get("log_path"),
+            "trial_run_id": bad.run_id,
+            "log_path": bad.log_path,
         }
-    env = next((records[t.batch].get("env") for t in reversed(result.trials) if records[t.batch].get("env")), None)
-    summary["env"] = env
-    store.append(opts.store, summary)
-    index.max_summaries[plan.run_id] = summary
-    index.fresh.add(plan.run_id)
+    env = next((records[t.batch].env for t in reversed(result.trials) if records[t.batch].env), None)
+    summary = R.build_max_batch_record(
+        run_id=plan.run_id, sweep=sweep_name, config=plan.record_config(), status=result.status,
+        max_batch=result.max_batch, first_oom_batch=result.first_oom_batch, limit_reached=result.limit_reached,
+        **mb.to_dict(), trials=[t.to_dict() for t in result.trials], trial_count=len(result.trials),
+        growth_trials=result.growth_trials, trial_bound=maxbatch.trial_bound(mb, result.first_oom_batch),
+        growth_trial_bound=maxbatch.growth_bound(mb, result.first_oom_batch), started_at=started,
+        finished_at=_now(), wall_time_s=time.perf_counter() - t0, error=error, env=env)
+    R.append(opts.store, summary)
+    index.add(summary)
     return summary
