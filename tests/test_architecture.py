@@ -215,7 +215,8 @@ def test_no_import_points_up_the_layers():
 
 def test_no_import_cycles():
     found = cycles(import_edges(package_sources()))
-    assert not found, f"{len(found)} import cycle(s):\n" + "\n".join(found)
+    assert not found, (f"{len(found)} import cycle(s) (one per group of modules that reach each other; "
+                       "break it and run again for the next):\n" + "\n".join(found))
 
 
 # -- the checker itself: it must be able to fail ----------------------------------------------
