@@ -279,24 +279,3 @@ def parse_set(pairs: list[str], source: str = "--set") -> dict[str, Any]:
             out[key] = raw
     return out
 
-
-def record_config(c: RunConfig) -> dict[str, Any]:
-    """The fully resolved config as stored in a record."""
-    return c.resolved().to_dict()
-
-
-def fields_help() -> list[tuple[str, str, str]]:
-    """(name, default, comment) for each field, read from this file's comments for `--help` text."""
-    import inspect
-
-    src = inspect.getsource(RunConfig)
-    out = []
-    for f in fields(RunConfig):
-        comment = ""
-        for line in src.splitlines():
-            s = line.strip()
-            if s.startswith(f"{f.name}:") and "#" in s:
-                comment = s.split("#", 1)[1].strip()
-        out.append((f.name, repr(f.default), comment))
-    return out
-

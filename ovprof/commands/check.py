@@ -188,8 +188,3 @@ def check(
     c.print(Text(_summary(result, baseline, gate), style="bold red" if result.failed else "bold green"),
             soft_wrap=True)
     raise typer.Exit(result.exit_code)
-
-
-def register(app: typer.Typer) -> None:
-    """Add `check` to the root app (one line in cli.py)."""
-    app.command("check", help=HELP)(check)

@@ -88,8 +88,3 @@ def report(
     c = console()
     print_summary(rep, c)
     c.print(f"wrote {out_dir}/: {', '.join(rep.files)}")
-
-
-def register(app: typer.Typer) -> None:
-    """Called from ovprof/cli.py (one line there)."""
-    app.command("report", help=HELP)(report)

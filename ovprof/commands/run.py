@@ -42,24 +42,6 @@ def load_ds_config(path: Optional[Path]) -> Optional[str]:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def check_devices(world_size: int, source: str | None = None) -> None:
-    """world_size must fit the machine: GPUs when CUDA is there, else CPU cores (one rank per core at most)."""
-    import os
-
-    from ovprof.config import ConfigError
-
-    if world_size <= 1:
-        return
-    import torch
-
-    if torch.cuda.is_available():
-        have, what = torch.cuda.device_count(), "CUDA devices"
-    else:
-        have, what = os.cpu_count() or 1, "CPU cores (no CUDA device)"
-    if world_size > have:
-        raise ConfigError(f"exceeds the {have} {what} available", source=source, key="world_size", value=world_size)
-
-
 def summarize(record, store: str) -> None:
     """The run's summary: status, then each figure with its unit (ovprof/metrics.py names them)."""
     from rich.table import Table
@@ -137,6 +119,8 @@ def run(
     if hostfile is not None and not hostfile.exists():
         raise UsageError(f"{hostfile}: no such hostfile")
     if hostfile is None:
+        from ovprof.runner.devices import check_devices
+
         check_devices(cfg.world_size)
     opts = ExecOptions(store=str(out), timeout_s=timeout, launcher=launcher,
                        hostfile=str(hostfile) if hostfile else None)

@@ -2,7 +2,9 @@
 
     ovprof report --sweep quickstart
 
-load.py reads the stores into pandas, tables.py builds the tables (cells are
-numbers or the reason there is none), plots.py draws the PNGs, render.py writes
+load.py reads the stores into pandas, tables.py builds the tables in the
+report's order from cells.py (cells are numbers or the reason there is none),
+savings.py (savings and the paper's tables), axes.py (mask ratio, batch, ZeRO,
+loss_impl, runs) and estimated.py; plots.py draws the PNGs, render.py writes
 Markdown, self-contained HTML, CSV and JSON; paper.py holds the paper's figures.
 """

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ovprof.report.tables import Column, Table
+from ovprof.report.cells import Column, Table
 
 ESTIMATE_METHOD = "analytic"
 

@@ -334,7 +334,7 @@ def expand(spec: SweepSpec, overrides: Mapping[str, Any] | None = None) -> Expan
 
 def check_world_sizes(expansion: Expansion) -> None:
     """Each world size must fit this machine (GPUs, or CPU cores without CUDA); imports torch only for > 1."""
-    from ovprof.commands.run import check_devices
+    from ovprof.runner.devices import check_devices
 
     for ws in sorted({p.config.world_size for p in expansion.plans}):
         check_devices(ws, source=expansion.spec.path)

@@ -1,0 +1,217 @@
+"""The report's building blocks: columns, tables, cells that hold a number or the reason there is none.
+
+    from ovprof.report.cells import Context, metric, ratio
+    ctx = Context.of(data.runs)            # which setting fields vary: they label the groups
+    metric(run, "step_time_ms_median", "caption", ctx.where(run))   # a number, or e.g. "oom"
+
+The rules every table keeps are in ovprof/report/tables.py; this module holds
+what the tables of every kind (savings.py, axes.py, estimated.py) share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from ovprof.report.load import ENV_FIELDS, MEMORY_SOURCES, SETTING_FIELDS, Data, key_of, nobatch_keys
+
+GIB = 2**30
+SIDES = ("openvision", "caption", "clip")
+SIDE_NAME = {"openvision": "OpenVision", "caption": "caption-only", "clip": "CLIP"}
+SOURCE_NAME = {"tracked": "tracked tensors", "rss": "process RSS", "allocated": "CUDA allocated",
+               "reserved": "CUDA reserved", "nvml_process": "NVML process"}
+# Shown as their own columns in every table; the rest of the setting goes to "other settings" when it varies.
+SHOWN_FIELDS = ("encoder", "res", "batch", "world_size", "zero", "precision")
+
+
+@dataclass
+class Column:
+    name: str  # raw column in the frame (CSV/JSON header)
+    header: str  # display header, with its unit
+    kind: str = "text"  # text | int | ms | gib | x | gflops | num | pct (signed, 1 decimal) | spread (median [p10-p90])
+
+
+@dataclass
+class Table:
+    name: str  # file stem
+    title: str
+    frame: pd.DataFrame  # raw cells: numbers, or a string that says why there is no number
+    columns: list[Column]  # what md/html/terminal show, in order
+    notes: list[str] = field(default_factory=list)
+    empty_reason: str = ""  # shown instead of the table when the frame is empty
+
+
+# -- cells ------------------------------------------------------------------------------
+
+
+def num(v: Any) -> float | None:
+    """A finite number, or None (None, NaN, text)."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return v
+    try:  # numpy scalars
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) and not isinstance(v, str) else None
+
+
+def metric(run: pd.Series | None, col: str, side: str, where: str, *, scale: float = 1.0) -> Any:
+    """One measured figure of one run, or why there is none."""
+    if run is None:
+        return f"no {SIDE_NAME.get(side, side)} run at {where}"
+    if run["status"] != "ok":
+        return str(run["status"])
+    v = num(run[col])
+    if v is None:
+        reasons = run["null_reasons"] or {}
+        key = col[3:] if col.startswith("bd_") else col
+        why = reasons.get(key) or ("not in the tracked breakdown" if col.startswith("bd_") else "not recorded")
+        return f"not measured: {why}"
+    return v / scale
+
+
+def ratio(a: Any, b: Any, name_a: str, name_b: str) -> Any:
+    """a / b when both are numbers, else the reasons of the side(s) that have none, e.g. "OpenVision oom"."""
+    if num(a) is not None and num(b) is not None:
+        if b == 0:
+            return f"{name_b} is 0"
+        return a / b
+    why = []
+    for v, n in ((a, name_a), (b, name_b)):
+        if num(v) is not None:
+            continue
+        v = str(v)
+        if v.startswith("no max-batch search"):
+            why.append(f"no {n} max-batch search")
+        elif v.startswith("no "):
+            why.append(f"no {n} run")
+        elif v.startswith("not measured"):
+            why.append(f"{n} not measured")
+        else:
+            why.append(f"{n} {v}")
+    if len(why) == 2 and all(w.endswith("max-batch search") for w in why):
+        return "no max-batch search"
+    return "; ".join(why)
+
+
+# -- settings, labels --------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """Which setting fields vary across the runs of the report: they label the groups."""
+
+    varying: tuple[str, ...]
+
+    @classmethod
+    def of(cls, runs: pd.DataFrame) -> "Context":
+        fields = []
+        for k in (*SETTING_FIELDS, *ENV_FIELDS):
+            if k in runs and runs[k].map(lambda v: key_of({"v": v})).nunique() > 1:
+                fields.append(k)
+        return cls(tuple(fields))
+
+    def where(self, row: pd.Series | dict, drop: tuple[str, ...] = ()) -> str:
+        """'batch 4, zero 0' for the fields that vary in this report; 'this setting' when none does."""
+        parts = [_where(k, row[k]) for k in self.varying if k not in drop]
+        return ", ".join(parts) if parts else "this setting"
+
+    def other(self, row: pd.Series | dict) -> str:
+        parts = [_other(k, row[k]) for k in self.varying if k not in SHOWN_FIELDS]
+        return ", ".join(parts) if parts else "-"
+
+
+def _other(k: str, v: Any) -> str:
+    if k == "memory_budget_gib":
+        return "no memory budget" if num(v) is None else f"memory budget {_show(v)} GiB"
+    if k == "bucket_elems" and num(v) is None:
+        return "bucket DeepSpeed default"
+    return f"{k}={_show(v)}"
+
+
+def _where(k: str, v: Any) -> str:
+    if k == "memory_budget_gib":
+        return _other(k, v)
+    name = "world size" if k == "world_size" else k
+    return f"{name} {_show(v)}"
+
+
+def _show(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "none"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def setting_cells(row: pd.Series, ctx: Context) -> dict:
+    return {
+        "encoder_res": f"{row['encoder']}@{row['res']}", "batch_per_device": int(row["batch"]),
+        "world_size": int(row["world_size"]), "zero": int(row["zero"]), "precision": row["precision"],
+        "other_settings": ctx.other(row), "hardware": row["hardware"],
+    }
+
+
+SETTING_COLUMNS = [
+    Column("encoder_res", "encoder@res px"), Column("batch_per_device", "batch /device", "int"),
+    Column("world_size", "ranks", "int"), Column("zero", "ZeRO", "int"), Column("precision", "precision"),
+    Column("other_settings", "other settings"),
+]
+
+
+def memory_sources(runs: pd.DataFrame) -> list[str]:
+    """The memory sources some run measured (the CUDA ones are absent on CPU)."""
+    return [s for s, col in MEMORY_SOURCES.items() if col in runs and runs[col].map(num).notna().any()]
+
+
+def primary_source(runs: pd.DataFrame) -> str:
+    """What a device limit caps: the CUDA caching allocator's reserve on a GPU, live tensors on CPU."""
+    return "reserved" if "reserved" in memory_sources(runs) else "tracked"
+
+
+def analytic_gflops(config: dict, **changes) -> float | str:
+    """Forward GFLOPs per image of a config (the paper's FLOPs unit), from ovprof.measure.flops; or why not."""
+    from ovprof.config import ConfigError, config_from_record
+    from ovprof.measure.flops import gflops_per_image
+
+    try:
+        cfg = dataclasses.replace(config_from_record(config), **changes)
+    except (ConfigError, KeyError, TypeError, ValueError) as e:
+        return f"not computable: {str(e).splitlines()[0][:120]}"
+    return gflops_per_image(cfg)["fwd_gflops_per_image"]
+
+
+# -- max batch -----------------------------------------------------------------------------
+
+
+def max_batch_lookup(data: Data, run: pd.Series, side: str, mask_ratio: float = 0.0,
+                     mask_position: str = "decoder", loss_impl: str = "eager") -> pd.Series | None:
+    """The max-batch search whose config equals `run`'s apart from batch, for one side's variant."""
+    mb = data.max_batch
+    if mb.empty:
+        return None
+    skey, ckey = nobatch_keys(run)
+    same_setting = (mb["setting_key_nobatch"] == skey) | (mb["setting_key_nobatch"].isna()
+                                                         & (mb["config_key_nobatch"] == ckey))
+    hit = mb[same_setting & (mb["side"] == side) & (mb["loss_impl"] == loss_impl)]
+    if side == "caption":
+        hit = hit[(hit["mask_ratio"] == mask_ratio)
+                  & ((mask_ratio == 0) | (hit["mask_position"] == mask_position))]
+    return None if hit.empty else hit.iloc[-1]
+
+
+def max_batch_cell(rec: pd.Series | None, side: str) -> Any:
+    if rec is None:
+        return f"no max-batch search for {SIDE_NAME[side]}"
+    if rec["status"] == "ok" and num(rec["max_batch"]) is not None:
+        return int(rec["max_batch"])
+    if rec["status"] == "oom":
+        first = num(rec["first_oom_batch"])
+        return f"oom at batch {int(first)}" if first is not None else "oom"
+    return f"search {rec['status']}" + (f": {rec['error_message']}" if rec["error_message"] else "")
