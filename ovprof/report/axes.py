@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from ovprof.estimate.zero import DEEPSPEED_DEFAULT_BUCKET_ELEMS
-from ovprof.report.cells import (GIB, SETTING_COLUMNS, SOURCE_NAME, Column, Context, Table, analytic_gflops,
+from ovprof.report.cells import (GIB, SETTING_COLUMNS, SOURCE_NAME, Column, Context, Table, run_gflops,
                                  max_batch_cell, max_batch_lookup, memory_sources, metric, num, primary_source,
                                  ratio, setting_cells)
 from ovprof.report.load import BREAKDOWN, ENV_FIELDS, MEMORY_SOURCES, SETTING_FIELDS, Data, key_of, variant_label
@@ -72,19 +72,15 @@ def _measure_columns(sources) -> list[Column]:
 
 
 def mask_ratio_table(data: Data, ctx: Context) -> Table:
-    from ovprof.config import config_from_record
-
     sources = memory_sources(data.runs)
 
     def cells(r: pd.Series, _g) -> dict:
-        try:
-            c = config_from_record(r["config"])
-            kept, total = c.kept_tokens, c.num_patches
-        except Exception:  # noqa: BLE001 - a config this version cannot rebuild still gets a row
-            kept, total = None, None
+        d = r["derived"] if isinstance(r["derived"], dict) else {}  # None: a config this version cannot rebuild
+        kept, total = d.get("kept_tokens"), d.get("num_patches")
         return {"objective": r["objective"], "mask_position": r["mask_position"], "mask_ratio": float(r["mask_ratio"]),
                 "visual_tokens_kept": f"{kept}/{total}" if kept is not None else "-",
-                **_measure_cells(r, sources, ctx.where(r)), "fwd_gflops_per_image": analytic_gflops(r["config"])}
+                **_measure_cells(r, sources, ctx.where(r)),
+                "fwd_gflops_per_image": run_gflops(r, r["config"])}
 
     # an unmasked run is one variant whichever side it names; loss_impl is not split off (a run of each shows)
     rows = one_row_per_run(data.runs, ctx, "mask_ratio", cells, keep=("objective",),

@@ -17,13 +17,18 @@ from typing import Any
 
 import pandas as pd
 
+from ovprof import metrics as M
 from ovprof.report.load import ENV_FIELDS, MEMORY_SOURCES, SETTING_FIELDS, Data, key_of, nobatch_keys
 
 GIB = 2**30
-SIDES = ("openvision", "caption", "clip")
-SIDE_NAME = {"openvision": "OpenVision", "caption": "caption-only", "clip": "CLIP"}
-SOURCE_NAME = {"tracked": "tracked tensors", "rss": "process RSS", "allocated": "CUDA allocated",
-               "reserved": "CUDA reserved", "nvml_process": "NVML process"}
+# The savings table's sides: the columns an objective fills, as it declares (`savings_side` in
+# ovprof/objectives). BASELINE is the papers' CLIP-style OpenVision, CANDIDATE caption-only OpenVision 2, and
+# CONTRASTIVE plain CLIP, shown beside them.
+BASELINE, CANDIDATE, CONTRASTIVE = "openvision", "caption", "clip"
+SIDES = (BASELINE, CANDIDATE, CONTRASTIVE)
+SIDE_NAME = {BASELINE: "OpenVision", CANDIDATE: "caption-only", CONTRASTIVE: "CLIP"}
+# Memory sources side by side, named as the metric registry labels them.
+SOURCE_NAME = {key: m.label for key, m in M.report_sources().items()}
 # Shown as their own columns in every table; the rest of the setting goes to "other settings" when it varies.
 SHOWN_FIELDS = ("encoder", "res", "batch", "world_size", "zero", "precision")
 
@@ -176,15 +181,26 @@ def primary_source(runs: pd.DataFrame) -> str:
 
 
 def analytic_gflops(config: dict, **changes) -> float | str:
-    """Forward GFLOPs per image of a config (the paper's FLOPs unit), from ovprof.measure.flops; or why not."""
-    from ovprof.config import ConfigError, config_from_record
-    from ovprof.measure.flops import gflops_per_image
+    """Forward GFLOPs per image (the paper's FLOPs unit) of a config no record carries, e.g. the other side of a
+    comparison that was not run (ovprof.objectives); or why not. A run's own figure is in its record."""
+    from ovprof import objectives
+    from ovprof.config import ConfigError
+    from ovprof.results.record import run_config
 
     try:
-        cfg = dataclasses.replace(config_from_record(config), **changes)
+        cfg = dataclasses.replace(run_config(config), **changes)
     except (ConfigError, KeyError, TypeError, ValueError) as e:
         return f"not computable: {str(e).splitlines()[0][:120]}"
-    return gflops_per_image(cfg)["fwd_gflops_per_image"]
+    return objectives.gflops_per_image(cfg)["fwd_gflops_per_image"]
+
+
+def run_gflops(run: Any, config: dict, **changes) -> float | str:
+    """Forward GFLOPs per image of `run` as its record stores them (`derived`); computed only for a run that
+    does not exist (run is None) or an old record whose config this version cannot rebuild."""
+    derived = run["derived"] if run is not None else None
+    if isinstance(derived, dict) and num(derived.get("fwd_gflops_per_image")) is not None:
+        return derived["fwd_gflops_per_image"]
+    return analytic_gflops(config, **changes)
 
 
 # -- max batch -----------------------------------------------------------------------------
@@ -200,7 +216,7 @@ def max_batch_lookup(data: Data, run: pd.Series, side: str, mask_ratio: float = 
     same_setting = (mb["setting_key_nobatch"] == skey) | (mb["setting_key_nobatch"].isna()
                                                          & (mb["config_key_nobatch"] == ckey))
     hit = mb[same_setting & (mb["side"] == side) & (mb["loss_impl"] == loss_impl)]
-    if side == "caption":
+    if side == CANDIDATE:
         hit = hit[(hit["mask_ratio"] == mask_ratio)
                   & ((mask_ratio == 0) | (hit["mask_position"] == mask_position))]
     return None if hit.empty else hit.iloc[-1]

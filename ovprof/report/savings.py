@@ -13,9 +13,9 @@ from __future__ import annotations
 import pandas as pd
 
 from ovprof.report import paper
-from ovprof.report.cells import (GIB, SETTING_COLUMNS, SIDE_NAME, SIDES, SOURCE_NAME, Column, Context, Table,
-                                 analytic_gflops, max_batch_cell, max_batch_lookup, memory_sources, metric, num,
-                                 ratio, setting_cells)
+from ovprof.report.cells import (BASELINE, CANDIDATE, GIB, SETTING_COLUMNS, SIDE_NAME, SIDES, SOURCE_NAME,
+                                 Column, Context, Table, analytic_gflops, max_batch_cell, max_batch_lookup,
+                                 memory_sources, metric, num, ratio, run_gflops, setting_cells)
 from ovprof.report.load import MEMORY_SOURCES, Data
 
 NOT_PAPER = "settings differ from the paper's: see the paper reference table"
@@ -58,7 +58,7 @@ def savings(data: Data, ctx: Context) -> Table:
         frame = frame.loc[order.sort_values(list(order.columns), kind="stable").index].reset_index(drop=True)
     cols = _savings_columns(sources, frame)
     notes = _savings_notes(data, runs, sources)
-    noisy = sum(any(_wide_spread(r, s) for s in ("openvision", "caption")) for _, r in frame.iterrows())
+    noisy = sum(any(_wide_spread(r, s) for s in (BASELINE, CANDIDATE)) for _, r in frame.iterrows())
     if noisy:
         notes.append(f"{noisy} of {len(frame)} rows have a step time whose p10-p90 spread is wider than half its "
                      f"median (threshold {WIDE_SPREAD:g}): the machine was busy or there were too few timed steps. "
@@ -96,10 +96,10 @@ def _savings_row(data: Data, ctx: Context, any_run: pd.Series, ov, cap, clip, so
                  else (0.0, "decoder", "eager"))
     notes = []
     for s in SIDES:
-        if s == "caption" and cap is None:
+        if s == CANDIDATE and cap is None:
             row["caption_max_batch"] = f"no {SIDE_NAME[s]} run at {where}"
             continue
-        rec = max_batch_lookup(data, any_run, s, *ratio_cfg) if s == "caption" else max_batch_lookup(data, any_run, s)
+        rec = max_batch_lookup(data, any_run, s, *ratio_cfg) if s == CANDIDATE else max_batch_lookup(data, any_run, s)
         row[f"{s}_max_batch"] = max_batch_cell(rec, s)
         if rec is not None and rec["status"] == "ok" and rec["limit_reached"]:
             notes.append(f"{SIDE_NAME[s]} ran ok up to the search limit: its max batch is a lower bound")
@@ -108,13 +108,13 @@ def _savings_row(data: Data, ctx: Context, any_run: pd.Series, ov, cap, clip, so
     row["max_batch_note"] = "; ".join(notes) or "-"
     # analytic forward FLOPs per image (configs of the records; a missing side is the same config, its objective)
     cfg = any_run["config"]
-    row["openvision_fwd_gflops_per_image"] = analytic_gflops(cfg, objective="openvision", mask_ratio=0.0,
-                                                             mask_position="decoder")
+    row["openvision_fwd_gflops_per_image"] = run_gflops(ov, cfg, objective="openvision", mask_ratio=0.0,
+                                                        mask_position="decoder")
     row["caption_fwd_gflops_per_image"] = (
-        analytic_gflops(cfg, objective="caption", mask_ratio=ratio_cfg[0], mask_position=ratio_cfg[1])
+        run_gflops(cap, cfg, objective="caption", mask_ratio=ratio_cfg[0], mask_position=ratio_cfg[1])
         if cap is not None else f"no {SIDE_NAME['caption']} run at {where}")  # which masking is unknown
-    row["clip_fwd_gflops_per_image"] = analytic_gflops(cfg, objective="clip", mask_ratio=0.0,
-                                                       mask_position="decoder")
+    row["clip_fwd_gflops_per_image"] = run_gflops(clip, cfg, objective="clip", mask_ratio=0.0,
+                                                  mask_position="decoder")
     row["flops_x"] = ratio(row["openvision_fwd_gflops_per_image"], row["caption_fwd_gflops_per_image"],
                            SIDE_NAME["openvision"], SIDE_NAME["caption"])
     # the paper, only beside its own settings
