@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from ovprof import presets
+from ovprof.errors import ConfigError  # noqa: F401 - re-exported: `from ovprof.config import ConfigError`
 
 SCHEMA_VERSION = 1
 
@@ -26,30 +27,6 @@ OBJECTIVES = ("caption", "clip", "openvision")
 MASK_POSITIONS = ("decoder", "encoder")
 PRECISIONS = ("bf16", "fp16", "fp32")
 LOSS_IMPLS = ("eager", "chunked", "triton")
-
-
-class ConfigError(ValueError):
-    """Bad user input. Rendered as one line: where, which key, which value, why."""
-
-    def __init__(self, message: str, *, source: str | None = None, key: str | None = None,
-                 value: Any = None, hint: str | None = None):
-        self.source, self.key, self.value, self.hint = source, key, value, hint
-        self.detail = message
-        super().__init__(self.one_line())
-
-    def one_line(self) -> str:
-        where = []
-        if self.source:
-            where.append(self.source)
-        if self.key is not None:
-            where.append(f"key '{self.key}'")
-        if self.key is not None and self.value is not None:
-            where.append(f"value {self.value!r}")
-        head = ": ".join([", ".join(where)] if where else [])
-        msg = f"{head}: {self.detail}" if head else self.detail
-        if self.hint:
-            msg += f" ({self.hint})"
-        return msg
 
 
 @dataclass(frozen=True)
