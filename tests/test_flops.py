@@ -8,9 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ovprof.config import RunConfig
-from ovprof.measure.flops import gflops_per_image, step_flops
-from ovprof.models import build_model
-from ovprof.models.data import make_batch
+from ovprof.objectives import build_model, gflops_per_image, make_batch, step_flops
 
 
 @pytest.mark.parametrize("objective,position,ratio", [

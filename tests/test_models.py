@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from ovprof.config import RunConfig
-from ovprof.models import build_model
-from ovprof.models.data import make_batch
+from ovprof.objectives import build_model, make_batch
 from ovprof.models.vit import keep_random_tokens
 
 CASES = [

@@ -7,8 +7,8 @@ import torch
 
 from ovprof import presets
 from ovprof.config import OBJECTIVES, RunConfig
-from ovprof.measure.flops import encoder_params, model_params
-from ovprof.models import build_model, tower_params
+from ovprof.measure.flops import encoder_params
+from ovprof.objectives import build_model, model_params, tower_params
 from ovprof.models.vit import VisionTower
 
 

@@ -77,7 +77,7 @@ def report(tmp_path_factory):
 
 def test_savings_ratios_equal_hand_computed_values(report):
     from ovprof.config import RunConfig, config_from_record
-    from ovprof.measure.flops import gflops_per_image
+    from ovprof.objectives import gflops_per_image
 
     runs = latest_runs()
     base = dict(batch=2, zero=0, memory_budget_gib=None)
@@ -261,7 +261,7 @@ def test_debug_settings_get_the_paper_reference_block_never_adjacent_columns(rep
 def test_paper_columns_stand_beside_a_paper_setting(tmp_path):
     """Relabel the batch-2 ZeRO-0 pair as ViT-L/14@224: the paper's figures fill adjacent columns."""
     from ovprof.config import config_from_record
-    from ovprof.measure.flops import gflops_per_image
+    from ovprof.objectives import gflops_per_image
     from ovprof.report.load import load
     from ovprof.report.tables import build
 

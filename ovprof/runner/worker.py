@@ -92,10 +92,8 @@ class Runner:
         import torch
 
         import deepspeed
-        from ovprof.measure.flops import step_flops
         from ovprof.measure.memory import TensorTracker
-        from ovprof.models import build_model
-        from ovprof.models.data import make_batch
+        from ovprof.objectives import build_model, make_batch, step_flops
 
         c = self.cfg.resolved()
         cuda = torch.cuda.is_available()
@@ -239,7 +237,7 @@ class Runner:
         m["step_time_ms_min"] = min(times_ms)
         m["step_time_ms_max"] = max(times_ms)
         m["samples_per_s"] = c.batch * c.world_size / (med / 1e3)
-        m["flops_per_step"] = flops_per_step  # per rank, analytic model FLOPs (ovprof/measure/flops.py)
+        m["flops_per_step"] = flops_per_step  # per rank, analytic model FLOPs (ovprof/objectives, ovprof/measure/flops.py)
         m["tflops_per_s"] = flops_per_step / (med / 1e3) / 1e12
         if not cuda:
             self.null("mfu", "no peak FLOP/s table entry for CPUs")
