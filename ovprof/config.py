@@ -33,7 +33,7 @@ LOSS_IMPLS = ("eager", "chunked", "triton")
 class RunConfig:
     """One measured point. Every field changes what is measured, so all enter run_id."""
 
-    objective: str = "caption"  # caption (OpenVision 2) | clip | openvision (OpenVision 1); `ovprof models --objectives`
+    objective: str = "caption"  # caption (OpenVision 2) | clip | openvision (OpenVision 1); see models --objectives
     encoder: str = "vit-debug"  # vision preset, see `ovprof models`
     text_encoder: str = "auto"  # text tower for clip/openvision; auto pairs it with the encoder
     decoder: str = "auto"  # caption decoder for caption/openvision; auto = dec-l (dec-debug for vit-debug)

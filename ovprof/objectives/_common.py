@@ -1,6 +1,6 @@
 """What every objective shares: the spec it registers, its vision side, and the per-tower terms it sums.
 
-    python -c "from ovprof.objectives import get; print(get('caption'))"
+    python -c "from ovprof.objectives import get; o = get('openvision'); print(o.label, o.towers)"
 
 No torch import: `import ovprof.objectives` must stay fast (ovprof/config.py
 imports it to validate `objective`). Objective functions receive a RunConfig
@@ -159,7 +159,7 @@ def step(fwd: dict[str, int], backward_skipped: int) -> StepFlops:
 
 # ---- analytic activation bytes -----------------------------------------------------------
 def vision_bytes(c: "RunConfig", n: Tokens, b: int) -> tuple[int, int]:
-    """(kept, transient) of the vision tower: the position-embedded patches (the first block's input), then the blocks."""
+    """(kept, transient) of the vision tower: the position-embedded patches (the first block's input), the blocks."""
     e = presets.ENCODERS[c.encoder].tower
     k, t = tower_bytes(e, n.B, n.enc_seq, b, math_attention=False, checkpointing=c.checkpointing)
     return n.B * n.N * e.width * b + k, t
@@ -172,12 +172,14 @@ def text_bytes(c: "RunConfig", n_text: int, b: int) -> tuple[int, int]:
     return k + n_text * c.text_len * tt.width * b, t
 
 
-def decoder_bytes(c: "RunConfig", n: Tokens, d: TowerSpec, seq: int, b: int, *, math_attention: bool) -> tuple[int, int]:
+def decoder_bytes(c: "RunConfig", n: Tokens, d: TowerSpec, seq: int, b: int, *,
+                  math_attention: bool) -> tuple[int, int]:
     """(kept, transient) of a caption decoder over a [prefix; text] sequence of length seq."""
     k, t = tower_bytes(d, n.B, seq, b, math_attention=math_attention, checkpointing=c.checkpointing_text)
     k += n.B * seq * d.width * b  # + the decoder's input sequence
     if c.mask_ratio > 0 and c.mask_position == "decoder":
-        k += n.B * n.K * presets.ENCODERS[c.encoder].tower.width * b  # the gathered visual tokens, kept by the projection
+        # the gathered visual tokens, kept by the projection
+        k += n.B * n.K * presets.ENCODERS[c.encoder].tower.width * b
     return k, t
 
 
