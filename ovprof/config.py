@@ -18,43 +18,20 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from ovprof import presets
+from ovprof import objectives, presets
+from ovprof.errors import ConfigError  # noqa: F401 - re-exported: `from ovprof.config import ConfigError`
 
-OBJECTIVES = ("caption", "clip", "openvision")
+OBJECTIVES = tuple(objectives.names())  # the registry, ovprof/objectives/
 MASK_POSITIONS = ("decoder", "encoder")
 PRECISIONS = ("bf16", "fp16", "fp32")
 LOSS_IMPLS = ("eager", "chunked", "triton")
-
-
-class ConfigError(ValueError):
-    """Bad user input. Rendered as one line: where, which key, which value, why."""
-
-    def __init__(self, message: str, *, source: str | None = None, key: str | None = None,
-                 value: Any = None, hint: str | None = None):
-        self.source, self.key, self.value, self.hint = source, key, value, hint
-        self.detail = message
-        super().__init__(self.one_line())
-
-    def one_line(self) -> str:
-        where = []
-        if self.source:
-            where.append(self.source)
-        if self.key is not None:
-            where.append(f"key '{self.key}'")
-        if self.key is not None and self.value is not None:
-            where.append(f"value {self.value!r}")
-        head = ": ".join([", ".join(where)] if where else [])
-        msg = f"{head}: {self.detail}" if head else self.detail
-        if self.hint:
-            msg += f" ({self.hint})"
-        return msg
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """One measured point. Every field changes what is measured, so all enter run_id."""
 
-    objective: str = "caption"  # caption (OpenVision 2) | clip | openvision (OpenVision 1)
+    objective: str = "caption"  # caption (OpenVision 2) | clip | openvision (OpenVision 1); see models --objectives
     encoder: str = "vit-debug"  # vision preset, see `ovprof models`
     text_encoder: str = "auto"  # text tower for clip/openvision; auto pairs it with the encoder
     decoder: str = "auto"  # caption decoder for caption/openvision; auto = dec-l (dec-debug for vit-debug)
@@ -118,11 +95,11 @@ class RunConfig:
 
     @property
     def uses_text_encoder(self) -> bool:
-        return self.objective in ("clip", "openvision")
+        return objectives.get(self.objective).uses_text_encoder
 
     @property
     def uses_decoder(self) -> bool:
-        return self.objective in ("caption", "openvision")
+        return objectives.get(self.objective).uses_decoder
 
 
 @dataclass(frozen=True)
@@ -158,7 +135,7 @@ def _choice(key: str, value: Any, options) -> None:
 
 
 def validate(c: RunConfig) -> None:
-    _choice("objective", c.objective, OBJECTIVES)
+    objective = objectives.get(c.objective)  # ConfigError naming the known objectives
     _choice("encoder", c.encoder, tuple(presets.ENCODERS))
     if c.text_encoder != "auto":
         _choice("text_encoder", c.text_encoder, ("auto", *presets.TEXT_ENCODERS))
@@ -181,9 +158,7 @@ def validate(c: RunConfig) -> None:
         patch = presets.ENCODERS[c.encoder].patch
         # Not a multiple is fine (SoViT-400M/14@384 has 27 x 27 patches; the stride drops the rest).
         _check(c.res >= patch, "res", c.res, f"is smaller than the patch size {patch} of {c.encoder}")
-    if c.objective == "clip" and c.mask_position == "decoder" and c.mask_ratio > 0:
-        raise ConfigError("clip has no decoder to mask for; use mask_position = \"encoder\" (FLIP)",
-                          key="mask_position", value=c.mask_position)
+    objective.validate(c)  # what this objective cannot run (clip: decoder-side masking)
     _check(c.bucket_elems is None or c.bucket_elems >= 1, "bucket_elems", c.bucket_elems, "must be a positive integer")
     _check(c.memory_budget_gib is None or c.memory_budget_gib > 0, "memory_budget_gib", c.memory_budget_gib,
            "must be a positive number of GiB")

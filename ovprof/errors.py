@@ -1,6 +1,39 @@
-"""Errors the CLI maps to one red line and an exit status."""
+"""Errors the CLI maps to one red line and an exit status.
+
+    ovprof run --objective captoin   # error: key 'objective', value 'captoin': ... (did you mean 'caption'?)
+
+The lowest layer of the package: anything may raise these without importing
+what validates a config (ovprof/objectives raises ConfigError for an unknown
+objective; ovprof/config.py re-exports it).
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """Bad user input. Rendered as one line: where, which key, which value, why."""
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None,
+                 value: Any = None, hint: str | None = None):
+        self.source, self.key, self.value, self.hint = source, key, value, hint
+        self.detail = message
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        where = []
+        if self.source:
+            where.append(self.source)
+        if self.key is not None:
+            where.append(f"key '{self.key}'")
+        if self.key is not None and self.value is not None:
+            where.append(f"value {self.value!r}")
+        head = ": ".join([", ".join(where)] if where else [])
+        msg = f"{head}: {self.detail}" if head else self.detail
+        if self.hint:
+            msg += f" ({self.hint})"
+        return msg
 
 
 class UsageError(ValueError):

@@ -35,6 +35,19 @@ def test_models_json_acceptance_sizes():
     assert enc["vit-l14"]["train_gflops_per_image"] > enc["vit-l14"]["fwd_gflops_per_image"]
 
 
+def test_models_objectives_lists_the_registry():
+    from ovprof import objectives
+
+    r = ovprof("models", "--objectives", "--json")
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(r.stdout)["objectives"]
+    assert [o["name"] for o in listed] == objectives.names()
+    cap = next(o for o in listed if o["name"] == "caption")
+    assert cap["towers"] == ["encoder", "decoder"] and cap["savings_side"] == "caption" and cap["label"]
+    table = ovprof("models", "--objectives")
+    assert table.returncode == 0 and all(n in table.stdout for n in objectives.names())
+
+
 def test_env_json_has_the_record_block():
     r = ovprof("env", "--json")
     e = json.loads(r.stdout)

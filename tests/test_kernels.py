@@ -213,8 +213,7 @@ def test_loss_impl_is_a_sweepable_config_field():
 def test_caption_model_with_chunked_loss_trains_like_eager():
     """Same seed, same batch: the whole caption model's loss and every gradient agree with eager."""
     from ovprof.config import RunConfig
-    from ovprof.models import build_model
-    from ovprof.models.data import make_batch
+    from ovprof.objectives import build_model, make_batch
 
     out = {}
     for impl in ("eager", "chunked"):

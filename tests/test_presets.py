@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from ovprof import presets
-from ovprof.config import OBJECTIVES, RunConfig
-from ovprof.measure.flops import encoder_params, model_params
-from ovprof.models import build_model, tower_params
+from ovprof.config import RunConfig
+from ovprof.measure.flops import encoder_params
 from ovprof.models.vit import VisionTower
 
 
@@ -26,15 +25,6 @@ def test_encoder_matches_published_count_within_2pct(name):
 def test_acceptance_sizes(name):
     want = {"vit-l14": 304e6, "vit-g14": 1.01e9, "vit-b16": 86e6}[name]
     assert abs(encoder_params(name, 224) / want - 1) < 0.02
-
-
-@pytest.mark.parametrize("objective", OBJECTIVES)
-@pytest.mark.parametrize("encoder", ["vit-debug", "vit-b16", "vit-so400m14"])
-def test_analytic_tower_counts_equal_the_built_model(objective, encoder):
-    cfg = RunConfig(objective=objective, encoder=encoder)
-    with torch.device("meta"):
-        model = build_model(cfg)
-    assert tower_params(model) == model_params(cfg)
 
 
 def test_auto_pairing_follows_the_reference():

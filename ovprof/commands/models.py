@@ -1,6 +1,7 @@
-"""`ovprof models`: presets with parameter counts and analytic GFLOPs per image.
+"""`ovprof models`: presets with parameter counts and analytic GFLOPs per image; the registered objectives.
 
     ovprof models --objective caption --mask-ratio 0.65 --json
+    ovprof models --objectives
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from ovprof.commands.common import console, fmt, print_json
 
 HELP = ("List model presets: vision encoders with their parameter counts (per tower and total) beside the "
         "published figure, and analytic forward / forward+backward GFLOPs per image for an objective.\n\n"
-        "Example: ovprof models --objective openvision --res 224 --json")
+        "Example: ovprof models --objective openvision --res 224 --json\n\n"
+        "--objectives lists the registered objectives instead (name, label, towers, savings-table side).")
 
 
 def rows(objective: str, res: int, mask_ratio: float, mask_position: str) -> list[dict]:
     from ovprof import presets
     from ovprof.config import RunConfig
-    from ovprof.measure.flops import encoder_params, gflops_per_image, map_head_params, model_params
+    from ovprof.measure.flops import encoder_params, map_head_params
+    from ovprof.objectives import gflops_per_image, model_params
 
     out = []
     for name, e in presets.ENCODERS.items():
@@ -46,14 +49,43 @@ def rows(objective: str, res: int, mask_ratio: float, mask_position: str) -> lis
     return out
 
 
+def objective_rows() -> list[dict]:
+    from ovprof import objectives
+
+    return objectives.describe()
+
+
+def _print_objectives(rows: list[dict]) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    # One cell of lines per objective rather than a column each: summaries are long and terminals narrow.
+    t = Table(title="registered objectives", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_lines=True)
+    t.add_column("objective", no_wrap=True)
+    t.add_column("label, towers, savings-table side, summary")
+    for r in rows:
+        cell = Text.assemble((r["label"], "bold"), "\n", f"towers: {' + '.join(r['towers'])}; "
+                             f"savings side: {r['savings_side'] or '-'}", "\n", r["summary"])
+        t.add_row(r["name"], cell)
+    console().print(t)
+
+
 def models(
-    objective: str = typer.Option("caption", help="caption | clip | openvision"),
+    objective: str = typer.Option("caption", help="A registered objective (see --objectives): "
+                                                  "caption | clip | openvision."),
     res: int = typer.Option(0, help="Image side in pixels; 0 = each preset's native resolution."),
     mask_ratio: float = typer.Option(0.0, help="Share of visual tokens dropped (OpenVision 2 keeps ~35%: 0.65)."),
     mask_position: str = typer.Option("decoder", help="decoder (OpenVision 2) | encoder (FLIP)"),
     json_out: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    list_objectives: bool = typer.Option(False, "--objectives", help="List the registered objectives and exit."),
 ) -> None:
     from ovprof import presets
+
+    if list_objectives:
+        o = objective_rows()
+        print_json({"objectives": o}) if json_out else _print_objectives(o)
+        return
 
     r = rows(objective, res, mask_ratio, mask_position)
     if json_out:

@@ -54,7 +54,7 @@ def model_step(cfg: RunConfig, method: str, attention: str):
 
 def estimate(cfg: RunConfig, method: str = "fake", attention: str = "flash") -> Estimate:
     from ovprof.estimate.zero import zero_memory
-    from ovprof.measure.flops import step_flops
+    from ovprof.objectives import step_flops
 
     c = cfg.resolved()
     step = model_step(c, method, attention)

@@ -1,7 +1,6 @@
 """Execute the real model's training step on fake tensors and record its memory profile.
 
     from ovprof.config import RunConfig
-from ovprof.estimate.zero import ModelStep
     from ovprof.estimate.fake import model_step
     model_step(RunConfig(encoder="vit-l14", batch=256, precision="bf16"), attention="flash")
 
@@ -96,8 +95,8 @@ def model_step(cfg: RunConfig, attention: str = "native") -> ModelStep:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from ovprof.measure.memory import TensorTracker
-    from ovprof.models import build_model
-    from ovprof.models.data import DTYPES, make_batch
+    from ovprof.models.data import DTYPES
+    from ovprof.objectives import build_model, make_batch
 
     c = cfg.resolved()
     dtype = DTYPES[c.precision]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ovprof import objectives
 from ovprof.config import RunConfig
 
 CHIPS = 32
@@ -27,7 +28,7 @@ RES = {"vit-l14": 224, "vit-so400m14": 384}
 
 def paper_config(encoder: str, objective: str, per_device_batch: int) -> RunConfig:
     return RunConfig(objective=objective, encoder=encoder, res=RES[encoder], batch=per_device_batch,
-                     mask_ratio=0.65 if objective == "caption" else 0.0, precision="bf16", zero=3,
+                     mask_ratio=objectives.get(objective).paper_mask_ratio, precision="bf16", zero=3,
                      world_size=CHIPS, checkpointing=True, checkpointing_text=False)  # ViT only, as the paper
 
 

@@ -1,6 +1,10 @@
 """Analytic parameter counts and training FLOPs, one formula per term. No torch import.
 
-    python -c "from ovprof.config import RunConfig; from ovprof.measure.flops import step_flops; print(step_flops(RunConfig(encoder='vit-l14')))"
+    python -c "from ovprof.config import RunConfig; from ovprof.objectives import step_flops; print(step_flops(RunConfig(encoder='vit-l14')))"
+
+This module holds the objective-independent primitives (a tower's parameters,
+a trunk's forward FLOPs, a linear layer, the `StepFlops` result); each
+objective in ovprof/objectives/ sums them over the towers it runs.
 
 Convention (the one nanoGPT's estimate_mfu and the PaLM paper's MFU use):
 model FLOPs of matrix multiplies only, 2 FLOPs per multiply-add; backward =
@@ -14,7 +18,8 @@ not model FLOPs and is not counted. Norms, softmax, GELU and the loss's
 elementwise work are ignored (well under 1% at the presets' sizes).
 
 Cross-checked against torch.utils.flop_counter.FlopCounterMode (MATH SDPA
-backend, which exposes the attention matmuls) in tests/test_flops.py.
+backend, which exposes the attention matmuls) for every registered objective in
+tests/test_objectives.py.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ovprof import presets
-from ovprof.config import RunConfig
 from ovprof.presets import TowerSpec
 
 
@@ -52,28 +56,6 @@ def encoder_params(name: str, res: int, *, head: bool = False) -> int:
     return p + (map_head_params(e.tower) if head else 0)
 
 
-def model_params(cfg: RunConfig) -> dict[str, int]:
-    """Per tower, as the built model has them (tests compare with numel)."""
-    c = cfg.resolved()
-    Dv = presets.ENCODERS[c.encoder].tower.width
-    out = {"encoder": encoder_params(c.encoder, c.res), "text_encoder": 0, "decoder": 0, "other": 0}
-    if c.uses_text_encoder:
-        t = presets.TEXT_ENCODERS[c.text_encoder]
-        out["text_encoder"] = c.vocab_size * t.width + c.text_len * t.width + trunk_params(t)
-        out["other"] = Dv * t.width + t.width * t.width + 1  # image/text projections, logit scale
-    if c.objective == "caption":
-        d = presets.DECODERS[c.decoder]
-        out["decoder"] = (Dv * d.width + c.vocab_size * d.width + c.caption_len * d.width
-                          + trunk_params(d) + d.width * c.vocab_size)
-    elif c.objective == "openvision":
-        d = presets.DECODERS[c.decoder]
-        t = presets.TEXT_ENCODERS[c.text_encoder]
-        out["decoder"] = (Dv * d.width + t.width * d.width + c.caption_len * d.width
-                          + trunk_params(d) + d.width * c.vocab_size)
-    out["total"] = sum(out.values())
-    return out
-
-
 # ---- FLOPs -------------------------------------------------------------------------
 def _linear(tokens: int, d_in: int, d_out: int) -> int:
     return 2 * tokens * d_in * d_out
@@ -98,52 +80,3 @@ class StepFlops:
     @property
     def total(self) -> int:
         return self.forward + self.backward
-
-
-def step_flops(cfg: RunConfig) -> StepFlops:
-    c = cfg.resolved()
-    e = presets.ENCODERS[c.encoder]
-    B, W = c.batch, c.world_size
-    Dv, P = e.tower.width, e.patch
-    N = c.num_patches
-    K = c.kept_tokens if c.mask_ratio > 0 else N
-    enc_seq = K if c.mask_position == "encoder" else N  # tokens the encoder blocks see
-    dec_visual = K  # tokens the decoder sees: masked either side, or N when mask_ratio == 0
-
-    fwd: dict[str, int] = {}
-    bwd_discount = 0  # backward work skipped where the input needs no gradient
-    patch = _linear(B * N, 3 * P * P, Dv)
-    fwd["encoder"] = patch + trunk_forward_flops(e.tower, enc_seq, B)
-    bwd_discount += patch  # no gradient w.r.t. pixels
-
-    if c.uses_text_encoder:
-        t = presets.TEXT_ENCODERS[c.text_encoder]
-        n_text = 2 * B if c.objective == "openvision" else B
-        fwd["text_encoder"] = trunk_forward_flops(t, c.text_len, n_text)
-        # projections to the shared embedding, then this rank's rows against the global batch, both ways
-        fwd["contrastive"] = (_linear(B, Dv, t.width) + _linear(n_text, t.width, t.width)
-                              + 2 * 2 * n_text * (B * W) * t.width)
-    if c.objective == "caption":
-        d = presets.DECODERS[c.decoder]
-        L = c.caption_len - 1  # inputs / predictions
-        seq = dec_visual + L
-        fwd["decoder"] = (_linear(B * dec_visual, Dv, d.width) + trunk_forward_flops(d, seq, B)
-                          + _linear(B * L, d.width, c.vocab_size))
-    elif c.objective == "openvision":
-        d = presets.DECODERS[c.decoder]
-        t = presets.TEXT_ENCODERS[c.text_encoder]
-        Q = c.caption_len
-        seq = dec_visual + c.text_len + Q
-        fwd["decoder"] = (_linear(B * dec_visual, Dv, d.width) + _linear(B * c.text_len, t.width, d.width)
-                          + trunk_forward_flops(d, seq, B) + _linear(B * Q, d.width, c.vocab_size))
-    forward = sum(fwd.values())
-    return StepFlops(forward=forward, backward=2 * forward - bwd_discount, forward_by_tower=fwd)
-
-
-def gflops_per_image(cfg: RunConfig) -> dict[str, float]:
-    """Forward and forward+backward GFLOPs per image (global-batch-independent part at batch 1)."""
-    import dataclasses
-
-    one = dataclasses.replace(cfg, batch=1, world_size=1)
-    s = step_flops(one)
-    return {"fwd_gflops_per_image": s.forward / 1e9, "train_gflops_per_image": s.total / 1e9}

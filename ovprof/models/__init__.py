@@ -1,5 +1,8 @@
-"""Models: towers, objectives and synthetic data. Importing this imports torch."""
+"""Torch building blocks: towers (vit.py, text.py, layers.py), losses, the ImageTextModel shell, synthetic data.
 
-from ovprof.models.objectives import Objective, build_model, tower_params
+    python -c "from ovprof.models.vit import VisionTower; from ovprof.presets import ENCODERS; print(VisionTower(ENCODERS['vit-debug'], 32))"
 
-__all__ = ["Objective", "build_model", "tower_params"]
+Nothing here knows an objective or a run config: ovprof/objectives/ assembles
+these blocks per objective (`ovprof.objectives.build_model(cfg)`). Importing a
+submodule imports torch.
+"""
