@@ -114,6 +114,7 @@ class ExecOptions:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunConfig)}  # the one copy of the defaults
 _FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
 
 

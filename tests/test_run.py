@@ -20,7 +20,13 @@ REQUIRED_METRICS = ("step_time_ms_median", "step_time_ms_p10", "step_time_ms_p90
 
 
 def check_record(rec: dict, cfg) -> None:
-    assert rec["schema_version"] == 1 and rec["kind"] == "run"
+    from ovprof import metrics as M
+    from ovprof.results.record import SCHEMA_VERSION
+
+    assert rec["schema_version"] == SCHEMA_VERSION and rec["kind"] == "run"
+    assert set(rec["metrics"]) <= set(M.REGISTRY)  # producers emit registered names only
+    assert set(rec["null_reasons"]) <= {k for k, v in rec["metrics"].items() if v is None}
+    assert rec["derived"]["params"]["total"] == rec["metrics"]["param_count"]
     assert rec["run_id"] == cfg.run_id
     assert rec["config"] == cfg.resolved().to_dict()
     assert rec["ds_config"]["zero_optimization"]["stage"] == cfg.zero

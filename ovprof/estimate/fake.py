@@ -141,7 +141,6 @@ def model_step(cfg: RunConfig, attention: str = "native") -> ModelStep:
             del loss
             for h in hooks:
                 h.remove()
-            grads = tr.by_category["gradients"]
     return ModelStep(
         forward_bytes=tr.phase_peak_bytes.get("forward", base) - base,
         backward_bytes=tr.phase_peak_bytes.get("backward", base) - base,

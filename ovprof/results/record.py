@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from ovprof import metrics as M
-from ovprof.config import FIELD_NAMES, RunConfig, config_field_types
+from ovprof.config import DEFAULTS, FIELD_NAMES, RunConfig, config_field_types
 from ovprof.results import store
 
 SCHEMA_VERSION = 2  # 2: `derived` block; typed parse. 1: the first records (still read).
@@ -44,7 +44,6 @@ DONE_STATUSES = ("ok", "oom")  # a point with one of these is done: a sweep does
 MAX = "max"  # the batch of a max-batch search's config
 STDERR_TAIL_CHARS = 4000
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 # A field added to RunConfig after records were written: what such a record ran with. The default, unless
 # listed here. `checkpointing` meant every tower's blocks until `checkpointing_text` split it off.
 _LEGACY: dict[str, Callable[[Mapping[str, Any]], Any]] = {
@@ -75,7 +74,7 @@ def normalize_config(config: Mapping[str, Any]) -> dict[str, Any]:
         elif k in _LEGACY:
             out[k] = _LEGACY[k](config)
         else:
-            out[k] = _DEFAULTS[k]
+            out[k] = DEFAULTS[k]
     return out
 
 

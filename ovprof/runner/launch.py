@@ -19,9 +19,6 @@ from ovprof.config import ExecOptions, RunConfig
 from ovprof.results import record as R
 from ovprof.runner.executor import Executor, JobResult, LocalExecutor, make_job
 
-# Kept importable from here for callers and tests that predate the executor seam.
-from ovprof.runner.executor import die_with_parent, worker_command  # noqa: F401
-
 
 def record_of(result: JobResult, *, sweep: str | None = None, max_batch_search: str | None = None) -> R.RunRecord:
     job = result.job

@@ -32,7 +32,6 @@ MAX = "max"  # the sweep-level batch value that asks for the max-batch search
 TOP_KEYS = ("name", "description", "store", "timeout_s", "base", "axes", "zip", "exclude", "max_batch")
 MAX_BATCH_KEYS = ("start", "granularity", "limit")
 DEFAULT_TIMEOUT_S = 1800.0
-_DEFAULTS = RunConfig().to_dict()
 
 
 @dataclass(frozen=True)
@@ -285,7 +284,7 @@ def overrides_from_cli(pairs: list[str], memory_budget_gib: float | None = None)
 
 
 def _matches(rule: Mapping[str, tuple], values: Mapping[str, Any]) -> bool:
-    return all(values.get(k, _DEFAULTS.get(k)) in accepted for k, accepted in rule.items())
+    return all(values.get(k, C.DEFAULTS.get(k)) in accepted for k, accepted in rule.items())
 
 
 def _plan(spec: SweepSpec, point: dict[str, Any], values: dict[str, Any]) -> RunPlan:
