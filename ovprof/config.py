@@ -76,7 +76,11 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def canonical_json(self) -> str:
-        return json.dumps(self.resolved().to_dict(), sort_keys=True, separators=(",", ":"))
+        d = self.resolved().to_dict()
+        for k in ID_STABLE_FIELDS:  # at its default, a field added later leaves every earlier run_id as it was
+            if d[k] == DEFAULTS[k]:
+                del d[k]
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     @property
     def run_id(self) -> str:
@@ -114,6 +118,10 @@ class ExecOptions:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+# Fields added after records and baselines were written, whose default reproduces what ran before they existed.
+# At its default such a field is left out of run_id, so existing stores resume and match as they did. Add each
+# new field here (docs/architecture.md, "Add a sweep axis"); never remove one.
+ID_STABLE_FIELDS: tuple[str, ...] = ()
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunConfig)}  # the one copy of the defaults
 _FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
 
