@@ -18,8 +18,9 @@ from conftest import ROOT
 
 # Lowest first. A module may import from its own layer or any layer below it, never above.
 # "ovprof" is the package __init__ alone; every other name covers its submodules too.
-# ovprof.metrics and ovprof.objectives may not exist yet in this checkout: they are named so that
-# the packages land in their place.
+# ovprof.api is the Python API (`ovprof.load_records`): a facade over everything, so it sits on top. The package
+# __init__ reaches it only through a PEP 562 __getattr__ (importlib, on first use): no import statement, and
+# importing ovprof stays free of pandas and torch.
 LAYERS: list[tuple[str, ...]] = [
     ("ovprof", "ovprof.errors", "ovprof.presets", "ovprof.metrics"),  # leaves: no ovprof imports above them
     ("ovprof.measure",),  # timing, memory, FLOPs, hardware, environment
@@ -30,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ovprof.estimate", "ovprof.runner"),  # predict a run; make a run
     ("ovprof.sweep", "ovprof.report", "ovprof.check"),  # many runs; read them back; gate them
     ("ovprof.commands",),  # one module per command
-    ("ovprof.cli",),  # the root Typer app
+    ("ovprof.cli", "ovprof.api"),  # the root Typer app; the Python API
 ]
 
 

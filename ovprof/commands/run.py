@@ -42,6 +42,17 @@ def load_ds_config(path: Optional[Path]) -> Optional[str]:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
+def _not_stored(e) -> int:
+    """The store refused the record: say where it is kept (or print it), exit 1."""
+    from rich.text import Text
+
+    c = console(stderr=True)
+    c.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
+    if e.kept_at is None:
+        print_json(e.record.to_json())
+    return 1
+
+
 def summarize(record, store: str) -> None:
     """The run's summary: status, then each figure with its unit (ovprof/metrics.py names them)."""
     from rich.table import Table
@@ -96,7 +107,13 @@ def run(
     memory_budget: Optional[float] = typer.Option(None, "--memory-budget", metavar="GIB",
                                                   help="Emulate a smaller device: CUDA memory fraction, or on CPU a "
                                                        "cap on live tensor bytes. Over it: status oom."),
-    ds_config: Optional[Path] = typer.Option(None, "--ds-config", help="Base DeepSpeed JSON; ovprof's keys win."),
+    ds_config: Optional[Path] = typer.Option(None, "--ds-config", help="Base DeepSpeed JSON: sets the fields it "
+                                             "speaks for (stage, precision, micro-batch, bucket) unless given here; "
+                                             "the rest of it is kept."),
+    ds_override: bool = typer.Option(False, "--ds-override", help="A given field that contradicts --ds-config "
+                                     "wins, with a warning (default: an error naming both)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate, print the resolved config and the merged "
+                                 "DeepSpeed config as JSON, run nothing."),
     set_: list[str] = typer.Option([], "--set", help="Any run field, e.g. --set bucket_elems=5e7 (repeatable)."),
     out: Path = typer.Option(Path("results/runs.jsonl"), "--out", help="JSONL store the record is appended to."),
     timeout: float = typer.Option(1800.0, help="Kill the worker after this many seconds (status timeout)."),
@@ -113,6 +130,11 @@ def run(
         "memory_budget_gib": memory_budget, "ds_config_base": load_ds_config(ds_config),
     }.items() if v is not None}
     values.update(parse_set(set_))
+    from ovprof.runner.deepspeed_config import apply_base, build
+
+    warn = console(stderr=True)
+    values = apply_base(values, source="command line", override=ds_override,
+                        warn=lambda m: warn.print(f"warning: {m}", markup=False, highlight=False, soft_wrap=True))
     cfg = from_mapping(values, source="command line")
     if launcher not in ("torchrun", "deepspeed"):
         raise UsageError(f"--launcher {launcher!r}: must be torchrun or deepspeed")
@@ -124,11 +146,25 @@ def run(
         check_devices(cfg.world_size)
     opts = ExecOptions(store=str(out), timeout_s=timeout, launcher=launcher,
                        hostfile=str(hostfile) if hostfile else None)
+    if dry_run:
+        print_json({"run_id": cfg.run_id, "config": cfg.resolved().to_dict(), "ds_config": build(cfg),
+                    "store": str(out)})
+        raise typer.Exit(0)
+    from ovprof.results.record import RecordNotStored, recover_pending
     from ovprof.runner.launch import run_point
 
-    if not json_out:
-        console(stderr=True).print(f"running {cfg.run_id} in a worker process (log under {out.parent}/logs) ...")
-    record = run_point(cfg, opts)
+    for line in recover_pending(out):
+        warn.print(line, markup=False, highlight=False, soft_wrap=True)
+    try:
+        if json_out:
+            record = run_point(cfg, opts)
+        else:
+            warn.print(f"running {cfg.run_id} in a worker process (log under {out.parent}/logs) ...",
+                       markup=False, highlight=False)
+            with warn.status(f"{cfg.run_id}: starting the worker") as status:
+                record = run_point(cfg, opts, on_phase=lambda p: status.update(f"{cfg.run_id}: {p}"))
+    except RecordNotStored as e:
+        raise typer.Exit(_not_stored(e))
     if json_out:
         print_json(record.to_json())
     else:

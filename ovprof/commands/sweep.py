@@ -79,7 +79,8 @@ def plan(
     memory_budget: Optional[float] = BUDGET_OPT,
     store_path: Optional[Path] = typer.Option(None, "--store", help="Store whose records the 'in store' column "
                                                                     "shows  \\[default: the file's store]"),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON list of {run_id, config, varying, max_batch}."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON list of {run_id, config, varying, max_batch, "
+                                  "ds_config} (ds_config: the merged DeepSpeed config the point runs with)."),
 ) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -89,8 +90,11 @@ def plan(
 
     exp = _expand(file, set_, memory_budget)
     if json_out:
+        from ovprof.runner.deepspeed_config import build
+
         print_json([{"run_id": p.run_id, "config": p.record_config(), "varying": dict(p.varying),
-                     "max_batch": p.max_batch.to_dict() if p.max_batch else None} for p in exp.plans])
+                     "max_batch": p.max_batch.to_dict() if p.max_batch else None, "ds_config": build(p.config)}
+                    for p in exp.plans])
         return
     spec = exp.spec
     store = str(store_path or spec.store)
@@ -150,6 +154,8 @@ def run(
     hostfile: Optional[Path] = typer.Option(None, help="DeepSpeed hostfile: run multi-node points across its hosts "
                                                        "(implies --launcher deepspeed; see docs/sweeps.md)."),
 ) -> None:
+    from rich.text import Text
+
     from ovprof.commands.common import console
     from ovprof.config import ExecOptions
     from ovprof.sweep.execute import run_sweep
@@ -173,8 +179,13 @@ def run(
     _warn_max_batch_without_budget(exp, err)
     outcome = run_sweep(exp, opts, rerun=rerun, reporter=None)
     render_summary(outcome)
+    resume = "ovprof " + shlex.join(a for a in sys.argv[1:] if a != "--rerun")
+    if outcome.store_error:
+        err.print(Text.assemble(("error: ", "bold red"), outcome.store_error), soft_wrap=True)
+        err.print(f"the sweep stopped: {outcome.done_total} of {len(exp.plans)} points done. Free space, then "
+                  "resume with:", highlight=False, markup=False)
+        err.print(f"  {resume}", highlight=False, markup=False, soft_wrap=True)
     if outcome.interrupted:
-        resume = "ovprof " + shlex.join(a for a in sys.argv[1:] if a != "--rerun")
         err.print(f"[bold yellow]interrupted[/] ({outcome.interrupted}): {outcome.done_total} of "
                   f"{len(exp.plans)} points done ({sum(o.status in ('ok', 'oom') for o in outcome.ran)} in this "
                   f"run); every finished record is in {opts.store}. Resume with:", highlight=False)

@@ -361,10 +361,13 @@ def _warn_default(message: str) -> None:
     sys.stderr.flush()
 
 
-def read_store(path: str | Path, *, warn: Callable[[str], None] | None = _warn_default) -> StoreContents:
-    """Every readable record of `path` in file order; a missing store is empty. Never raises on content."""
+def read_store(path: str | Path, *, warn: Callable[[str], None] | None = _warn_default,
+               cursor: store.Cursor | None = None) -> StoreContents:
+    """Every readable record of `path` in file order; a missing store is empty. Never raises on content.
+
+    With a cursor: only the whole lines after it (a sweep's re-read between points), advancing it."""
     out = StoreContents()
-    for lineno, raw in store.lines(path):
+    for lineno, raw in store.lines(path, cursor):
         out.lines += 1
         try:
             obj = json.loads(raw)
@@ -518,6 +521,65 @@ def build_max_batch_record(**fields: Any) -> MaxBatchRecord:
     return MaxBatchRecord(config=normalize_config(cfg), derived=_derived_or_reason(cfg, batch_free=True), **fields)
 
 
+class RecordNotStored(Exception):
+    """The store refused the append (disk full...): the record is safe in `kept_at`, appended on the next run."""
+
+    def __init__(self, path: Path, cause: OSError, kept_at: Path | None, rec: Record):
+        self.path, self.cause, self.kept_at, self.record = path, cause, kept_at, rec
+        where = (f"the record of {rec.run_id} is kept in {kept_at} and will be appended to the store by the next "
+                 "ovprof run or sweep on it" if kept_at else
+                 f"the record of {rec.run_id} could not be kept anywhere either (printed below)")
+        super().__init__(f"cannot append to {path}: {getattr(cause, 'strerror', None) or cause}; {where}")
+
+
+def pending_paths(path: str | Path) -> list[Path]:
+    """Where a record that the store refused waits, first choice first: beside the store, then a user cache
+    (another filesystem, usually), then the temporary directory."""
+    import hashlib
+    import os
+    import tempfile
+
+    path = Path(path)
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ovprof" / "pending"
+    return [path.with_name(path.name + ".pending"), cache / f"{path.name}-{key}.pending",
+            Path(tempfile.gettempdir()) / "ovprof-pending" / f"{path.name}-{key}.pending"]
+
+
 def append(path: str | Path, rec: Record) -> None:
-    """The one way a record reaches a store (whole line, locked, fsynced: ovprof/results/store.py)."""
-    store.append(path, rec.to_json())
+    """The one way a record reaches a store (whole line, locked, fsynced: ovprof/results/store.py).
+
+    A failed append leaves no torn line (the store is cut back) and loses nothing: the record goes to the first
+    pending file that takes it, and RecordNotStored says where; `recover_pending` appends it later."""
+    try:
+        store.append(path, rec.to_json())
+        return
+    except store.StoreWriteError as e:
+        cause: OSError = e.cause
+    for pending in pending_paths(path):
+        try:
+            store.append(pending, rec.to_json())
+        except OSError:
+            continue
+        raise RecordNotStored(Path(path), cause, pending, rec)
+    raise RecordNotStored(Path(path), cause, None, rec)
+
+
+def recover_pending(path: str | Path) -> list[str]:
+    """Append the records that waited for this store (see `append`) and remove their pending files.
+
+    Returns one message per pending file handled. A store that still refuses keeps them waiting."""
+    said = []
+    for pending in pending_paths(path):
+        if not pending.is_file():
+            continue
+        contents = read_store(pending, warn=None)
+        if not contents.records and not contents.warnings:  # left empty by an attempt that failed
+            pending.unlink()
+            continue
+        for rec in contents.records:
+            store.append(path, rec.to_json())  # StoreWriteError propagates: they stay pending
+        pending.unlink()
+        said.append(f"recovered {len(contents.records)} record(s) that {path} could not take earlier, from "
+                    f"{pending}")
+    return said

@@ -13,10 +13,12 @@ records, is ovprof/results/record.py's.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -53,42 +55,91 @@ def _ends_torn(path: Path) -> bool:
         os.close(fd)
 
 
+class StoreWriteError(OSError):
+    """An append that did not complete (disk full, quota, I/O error); the store was cut back to whole lines."""
+
+    def __init__(self, path: Path, cause: OSError):
+        self.path, self.cause = path, cause
+        super().__init__(cause.errno, f"cannot append to {path}: {cause.strerror or cause}")
+
+
 def append(path: str | Path, record: dict) -> None:
-    """Append one record as a single line; durable (fsynced) when this returns."""
+    """Append one record as a single line; durable (fsynced) when this returns.
+
+    If the write fails part-way (a full disk), the file is truncated back to its size before this append, so
+    no torn line is left, and StoreWriteError names the file; the caller keeps the record (record.py)."""
     path = Path(path)
     data = encode(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        size_before = os.fstat(fd).st_size
         try:
             # A writer killed mid-line leaves no newline; without one, this record
             # would be glued onto the torn bytes and be lost along with them.
             if _ends_torn(path):
-                os.write(fd, b"\n")
-            written_bytes = os.write(fd, data)
-            # Regular files write fully unless the disk is full or a signal lands;
-            # finish under the same lock so no other writer can interleave.
-            while written_bytes < len(data):
-                written_bytes += os.write(fd, data[written_bytes:])
+                _write_all(fd, b"\n")
+            _write_all(fd, data)
             os.fsync(fd)
+        except OSError as e:
+            try:  # under the same lock: nobody else has appended since size_before
+                os.ftruncate(fd, size_before)
+                os.fsync(fd)
+            except OSError:
+                pass
+            raise StoreWriteError(path, e) from e
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 
 
-def lines(path: str | Path) -> Iterable[tuple[int, bytes]]:
+def _write_all(fd: int, data: bytes) -> None:
+    # Regular files write fully unless the disk is full or a signal lands; finish under the same lock so no
+    # other writer can interleave. A zero-byte write means no space.
+    written = 0
+    while written < len(data):
+        n = os.write(fd, data[written:])
+        if n == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written += n
+
+
+@dataclass
+class Cursor:
+    """Where a reader stopped: the byte offset after the last whole line it read, and that line's number."""
+
+    offset: int = 0
+    lineno: int = 0
+
+
+def lines(path: str | Path, cursor: Cursor | None = None) -> Iterable[tuple[int, bytes]]:
     """(1-based line number, bytes) of every non-blank line; nothing for a missing file.
 
-    Decoding and checking a line is ovprof/results/record.py's job: this module moves bytes."""
+    With a cursor, read only what follows it and only whole lines (a line still without its newline is left
+    for the next read), advancing the cursor: a sweep re-reads its store between points this way. Decoding and
+    checking a line is ovprof/results/record.py's job: this module moves bytes."""
+    start = cursor.offset if cursor is not None else 0
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            f.seek(start)
+            raw = f.read()
     except FileNotFoundError:
         return
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+    if cursor is not None:
+        end = raw.rfind(b"\n") + 1  # 0 when no whole line yet
+        raw = raw[:end]
+    parts = raw.split(b"\n")
+    if cursor is not None:
+        parts = parts[:-1]  # the empty tail after the last newline
+    first = cursor.lineno + 1 if cursor is not None else 1
+    for i, line in enumerate(parts):
         if line.strip():
-            yield lineno, line
+            yield first + i, line
+    if cursor is not None:
+        cursor.offset = start + len(raw)
+        cursor.lineno = first + len(parts) - 1
 
 
 def read_with_stats(path: str | Path) -> tuple[list[dict], int]:

@@ -1,12 +1,23 @@
-"""The DeepSpeed config a run uses, generated from its RunConfig and merged over the user's base.
+"""The DeepSpeed config a run uses: the user's base, with the point's own fields over it.
 
     python -c "from ovprof.config import RunConfig; from ovprof.runner.deepspeed_config import build; print(build(RunConfig(zero=2)))"
+    ovprof run --ds-config base.json --dry-run      # the merged config, nothing run
 
-Our keys win over the base (`--ds-config base.json`), merged dict by dict, so a
-base can add e.g. `zero_optimization.overlap_comm` but cannot change the stage,
-precision or micro-batch that define the point. The optimizer is torch's AdamW
-(`torch_adam`), the same on CPU and CUDA and needing no compiled DeepSpeed op;
-its hyperparameters follow OpenVision 2 (betas 0.9/0.95, weight decay 0.2).
+Precedence (docs/sweeps.md). A base DeepSpeed config (`--ds-config FILE`, or
+`ds_config_base` in a sweep) sets the point's fields it speaks for when the
+command line or the sweep does not: `zero_optimization.stage` -> zero,
+`bf16`/`fp16.enabled` -> precision, `train_micro_batch_size_per_gpu` -> batch,
+`zero_optimization.reduce_bucket_size` -> bucket_elems (`fields_from_base`). So
+a base with stage 3 and bf16 runs, and is recorded, as zero 3 and bf16. A
+field given on the command line or in the sweep that contradicts the base is an
+error naming both (`ovprof run --ds-override` makes it a warning, and the given
+value wins). Everything else in the base is kept as written: its optimizer
+(ovprof's default is used only when the base has none), offload blocks, comms
+options. `train_batch_size` follows from micro-batch x accumulation x ranks.
+
+The default optimizer is torch's AdamW (`torch_adam`), the same on CPU and CUDA
+and needing no compiled DeepSpeed op; its hyperparameters follow OpenVision 2
+(betas 0.9/0.95, weight decay 0.2).
 
 Bucket sizes: at ZeRO 2/3 DeepSpeed allocates its reduce bucket in full
 (default 5e8 elements), which dwarfs a small model. `bucket_elems` sets
@@ -33,8 +44,70 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _get(d: dict, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def fields_from_base(base: dict) -> dict[str, tuple[Any, str]]:
+    """The RunConfig fields a DeepSpeed base speaks for: field -> (value, where in the base it says so)."""
+    out: dict[str, tuple[Any, str]] = {}
+    stage = _get(base, "zero_optimization.stage")
+    if stage is not None:
+        out["zero"] = (stage, "zero_optimization.stage")
+    if _get(base, "bf16.enabled") is True:
+        out["precision"] = ("bf16", "bf16.enabled")
+    elif _get(base, "fp16.enabled") is True:
+        out["precision"] = ("fp16", "fp16.enabled")
+    elif _get(base, "bf16.enabled") is False or _get(base, "fp16.enabled") is False:
+        out["precision"] = ("fp32", "bf16/fp16.enabled = false")
+    micro = base.get("train_micro_batch_size_per_gpu")
+    if micro is not None:
+        out["batch"] = (micro, "train_micro_batch_size_per_gpu")
+    bucket = _get(base, "zero_optimization.reduce_bucket_size")
+    if bucket is not None:
+        out["bucket_elems"] = (bucket, "zero_optimization.reduce_bucket_size")
+    return out
+
+
+def apply_base(given: dict[str, Any], *, source: str, override: bool = False,
+               warn=None) -> dict[str, Any]:
+    """`given` (the fields the command line or a sweep set, ds_config_base among them) with the fields the
+    base speaks for filled in; a contradiction is a ConfigError naming both (a warning with override=True)."""
+    from ovprof.config import ConfigError, coerce
+
+    raw = given.get("ds_config_base")
+    if not raw:
+        return dict(given)
+    base = json.loads(raw) if isinstance(raw, str) else raw
+    if not isinstance(base, dict):
+        return dict(given)
+    accum = base.get("gradient_accumulation_steps", 1)
+    if accum not in (1, "auto"):
+        raise ConfigError("ovprof times one optimizer step per timed step and has no accumulation axis yet: "
+                          "set gradient_accumulation_steps to 1 in the base, or remove it", source=source,
+                          key="ds_config_base: gradient_accumulation_steps", value=accum)
+    out = dict(given)
+    for field, (value, where) in fields_from_base(base).items():
+        value = coerce(field, value, f"{source}: ds_config_base {where}")
+        if field not in given:
+            out[field] = value
+        elif given[field] != value and not (field == "batch" and given[field] == "max"):
+            msg = (f"{field} = {given[field]!r} contradicts the DeepSpeed base config ({where} = {value!r})")
+            if not override:
+                raise ConfigError(msg + "; drop one of them", source=source, key=field, value=given[field],
+                                  hint="ovprof run --ds-override lets the given value win")
+            if warn is not None:
+                warn(f"{msg}: the given value wins (--ds-override)")
+    return out
+
+
 def build(cfg: RunConfig) -> dict[str, Any]:
     c = cfg.resolved()
+    base = json.loads(c.ds_config_base)
     zero: dict[str, Any] = {"stage": c.zero}
     if c.bucket_elems is not None:
         zero["reduce_bucket_size"] = c.bucket_elems
@@ -45,14 +118,15 @@ def build(cfg: RunConfig) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": c.batch,
         "gradient_accumulation_steps": 1,
         "train_batch_size": c.batch * c.world_size,
-        "optimizer": {
-            "type": "AdamW",
-            "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.2, "torch_adam": True},
-        },
         "zero_optimization": zero,
         "bf16": {"enabled": c.precision == "bf16"},
         "fp16": {"enabled": c.precision == "fp16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    return deep_merge(json.loads(c.ds_config_base), ours)
+    if "optimizer" not in base:  # the base's own optimizer, when it has one, is the user's choice
+        ours["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.2, "torch_adam": True},
+        }
+    return deep_merge(base, ours)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
 from ovprof.config import ExecOptions, RunConfig
+from ovprof.runner.worker import PHASE_MARK, die_with_parent
 
 KILL_GRACE_S = 5.0
 # Below Linux's ephemeral range (32768-60999), so the kernel never hands one of these to an outgoing connection.
@@ -140,28 +141,70 @@ def worker_command(cfg: RunConfig, opts: ExecOptions, spec: Path, result_dir: Pa
             "--master_addr", "127.0.0.1", "--master_port", str(port), *worker]
 
 
-def die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this process when its parent dies (no orphaned workers after a kill -9)."""
-    try:
-        import ctypes
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid`, found through /proc (also those that left its process group or session,
+    as a JIT extension build's compiler processes do)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
-
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGTERM then SIGKILL the worker's process group and every descendant outside it; wait for the worker."""
+    tree = descendants(proc.pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
+            pass
+        for pid in tree:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
         try:
             proc.wait(timeout=KILL_GRACE_S)
-            return
+            if sig == signal.SIGKILL or not any(_alive(p) for p in tree):
+                return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def last_phase(log_path: Path, chars: int = 8192) -> str | None:
+    """The phase the worker last said it entered (its `[ovprof phase]` log lines), or None before the first."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - chars))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    lines = [ln for ln in text.splitlines() if ln.startswith(PHASE_MARK)]
+    return lines[-1][len(PHASE_MARK):].strip() if lines else None
 
 
 def _read_ranks(result_dir: Path) -> list[dict]:
@@ -177,8 +220,10 @@ def _read_ranks(result_dir: Path) -> list[dict]:
 class LocalExecutor:
     """Runs jobs one at a time on this machine, each in its own process group and temporary directory."""
 
-    def __init__(self, on_start=None):
+    def __init__(self, on_start=None, on_phase=None, poll_s: float = 0.5):
         self.on_start = on_start  # called with the Popen of each job's worker (tests kill it)
+        self.on_phase = on_phase  # called with the worker's latest phase line whenever it changes
+        self.poll_s = poll_s
 
     def run(self, jobs: Iterable[Job]) -> Iterator[JobResult]:
         for job in jobs:
@@ -209,20 +254,42 @@ class LocalExecutor:
                 if self.on_start:
                     self.on_start(proc)
                 try:
-                    proc.wait(timeout=opts.timeout_s)
-                except subprocess.TimeoutExpired:
-                    out.timed_out = True
-                    _kill_group(proc)
-                except BaseException:  # Ctrl-C in the parent: take the worker group down with us
-                    _kill_group(proc)
+                    out.timed_out = not self._wait(proc, job, t0)
+                    if out.timed_out:
+                        _kill_tree(proc)
+                except BaseException:  # Ctrl-C in the parent: take the worker's whole tree down with us
+                    _kill_tree(proc)
                     raise
-                # A failed rank exits at once; torchrun reaps the rest. Anything left in the group goes now.
+                # A failed rank exits at once; torchrun reaps the rest. Anything left behind goes now.
+                leftovers = descendants(proc.pid)
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                for pid in leftovers:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             out.ranks = _read_ranks(result_dir)
         out.exit_code = proc.returncode
         out.wall_time_s = time.perf_counter() - t0
         out.finished_at = _now()
         return out
+
+    def _wait(self, proc: subprocess.Popen, job: Job, t0: float) -> bool:
+        """Wait for the worker within its timeout, reporting phase changes; False when it timed out."""
+        deadline = t0 + job.opts.timeout_s
+        seen = None
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return proc.poll() is not None
+            try:
+                proc.wait(timeout=min(self.poll_s, left))
+                return True
+            except subprocess.TimeoutExpired:
+                pass
+            if self.on_phase is not None:
+                phase = last_phase(job.log_path)
+                if phase is not None and phase != seen:
+                    seen = phase
+                    self.on_phase(phase)

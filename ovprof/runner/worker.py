@@ -14,6 +14,7 @@ into one record. Exit codes: 0 ok, 3 oom, 1 error.
 from __future__ import annotations
 
 import argparse
+import signal
 import json
 import os
 import sys
@@ -22,6 +23,18 @@ import traceback
 from pathlib import Path
 
 TRACKED_STEPS = 2
+PHASE_MARK = "[ovprof phase] "  # a log line that names the phase the worker enters (the launcher shows it)
+PHASES = {
+    "startup": "reading the spec",
+    "imports": "importing torch and DeepSpeed",
+    "init": "initialising the process group",
+    "build": "building the model",
+    "engine": "deepspeed.initialize (optimizer, ZeRO buffers)",
+    "warmup": "warm-up steps",
+    "timed": "timed steps",
+    "tracked": "tracked steps (tensor tracker)",
+    "done": "writing the result",
+}
 EXIT_OK, EXIT_ERROR, EXIT_OOM = 0, 1, 3
 
 
@@ -38,6 +51,19 @@ def is_oom(exc: BaseException) -> bool:
                                               or "CUDA out of memory" in msg or BUDGET_MESSAGE in msg)
 
 
+def die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies (no orphaned workers after a kill -9).
+
+    Called by the worker itself and, as preexec_fn, by the launcher for the process it starts."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 class Runner:
     def __init__(self, spec: dict, result_dir: Path):
         from ovprof.config import from_mapping
@@ -51,13 +77,28 @@ class Runner:
         from ovprof.measure.monitors import MetricSink
 
         self.sink = MetricSink()  # registered metrics only (ovprof/metrics.py)
-        self.phase = "startup"
         self.t_start = time.perf_counter()
+        self._phase = "startup"
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, name: str) -> None:
+        """Enter a start-up or run phase and say so in the log, so a slow start never reads as silence."""
+        self._phase = name
+        if self.rank == 0:
+            elapsed = time.perf_counter() - self.t_start
+            sys.stderr.write(f"{PHASE_MARK}{name}: {PHASES.get(name, name)} (+{elapsed:.1f} s)\n")
+            sys.stderr.flush()
 
     def run(self) -> None:
+        self.phase = "imports"
         import torch
 
         import deepspeed
+        import deepspeed.comm.torch as ds_torch_comm
         from ovprof import objectives
         from ovprof.measure.monitors import AllocatorMonitor, NvmlMonitor, RssMonitor, StepTimer, read_tracker
 
@@ -76,11 +117,22 @@ class Runner:
             torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
         cpu_budget = budget if (budget and not cuda) else None
 
+        if not cuda:
+            # Intra-op threads = the cores this process may use (its share of them at world size > 1), set
+            # explicitly so that step times do not depend on torch's own guess; recorded as torch_num_threads.
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, local_world)))
         self.phase = "init"
+        # DeepSpeed's CPU backend JIT-builds its shared-memory all-reduce (deepspeed_shm_comm) on first init,
+        # 40-130 s under a lock file that a killed worker leaves behind, hanging every later worker. The op
+        # serves inference all-reduce only (AutoTP), never ZeRO training, so ovprof never builds it.
+        ds_torch_comm.build_shm_op = lambda: None
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
         torch.manual_seed(c.seed)
+        self.phase = "build"
         with deepspeed.zero.Init(config_dict_or_path=self.ds_config, enabled=c.zero == 3):
             model = objectives.build_model(c)
+        self.phase = "engine"
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                                config=self.ds_config)
         batch = objectives.make_batch(c, device, rank=self.rank)
@@ -179,8 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--result-dir", required=True)
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None)  # set by the deepspeed launcher
     args = ap.parse_args(argv)
-    from ovprof.runner.executor import die_with_parent
-
     die_with_parent()  # under torchrun our parent is torchrun, which itself dies with the sweep
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))

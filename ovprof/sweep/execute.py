@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import json
 import signal
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from typing import Iterator
 
 from ovprof import metrics as M
 from ovprof.config import ExecOptions
+from ovprof.results import claims
 from ovprof.results import record as R
 from ovprof.results.record import DONE_STATUSES, MaxBatchRecord, RunRecord
 from ovprof.sweep import maxbatch
@@ -40,25 +42,34 @@ def _now() -> str:
 
 
 class StoreIndex:
-    """What the store already holds, read once, then kept current with the records this sweep appends."""
+    """What the store holds: read once, then re-read (new whole lines only) between points, so records that
+    other sweeps on the same store append are seen; plus the records this sweep appends."""
 
     def __init__(self, path: str):
         self.path = path
-        contents = R.read_store(path)  # a bad line is one warning, never a crash
-        self.latest: dict[str, RunRecord] = R.latest(contents.runs)  # run_id -> latest run record, any status
-        self.done: dict[str, RunRecord] = {k: r for k, r in R.latest(contents.runs, prefer_done=True).items()
-                                           if r.done}  # run_id -> latest ok/oom run record
-        self.max_summaries: dict[str, MaxBatchRecord] = R.latest(contents.max_batches)  # point id -> summary
-        self.fresh: set[str] = set()  # run_ids this invocation ran (reused even under --rerun)
+        self.latest: dict[str, RunRecord] = {}  # run_id -> latest run record, any status
+        self.done: dict[str, RunRecord] = {}  # run_id -> latest ok/oom run record
+        self.max_summaries: dict[str, MaxBatchRecord] = {}  # point id -> latest summary
+        self.fresh: set[str] = set()  # run_ids written since this invocation began (reused even under --rerun)
+        self._cursor = R.store.Cursor()
+        self._started = False
+        self.refresh()
+        self._started = True
 
-    def add(self, rec: RunRecord | MaxBatchRecord) -> None:
+    def refresh(self) -> None:
+        """Take in the whole lines appended since the last read (a bad line is one warning, never a crash)."""
+        for rec in R.read_store(self.path, cursor=self._cursor).records:
+            self.add(rec, fresh=self._started)
+
+    def add(self, rec: RunRecord | MaxBatchRecord, fresh: bool = True) -> None:
         if isinstance(rec, MaxBatchRecord):
             self.max_summaries[rec.run_id] = rec
         else:
             self.latest[rec.run_id] = rec
             if rec.done:
                 self.done[rec.run_id] = rec
-        self.fresh.add(rec.run_id)
+        if fresh:
+            self.fresh.add(rec.run_id)
 
     def done_run(self, run_id: str, rerun: bool) -> RunRecord | None:
         if rerun and run_id not in self.fresh:
@@ -90,6 +101,8 @@ class SweepOutcome:
     store: str
     outcomes: list[PointOutcome] = field(default_factory=list)
     interrupted: str | None = None  # the signal's name when stopped by SIGINT/SIGTERM
+    store_error: str | None = None  # the store refused an append: the sweep stopped, the record is kept aside
+    shared: int = 0  # points another sweep on the same store finished while this one ran
     wall_s: float = 0.0
     index: StoreIndex | None = None
 
@@ -117,7 +130,7 @@ class SweepOutcome:
     def exit_code(self) -> int:
         if self.interrupted:
             return 143 if self.interrupted == "SIGTERM" else 130
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.store_error else 0
 
 
 @contextlib.contextmanager
@@ -140,11 +153,20 @@ def interrupts_as_keyboard_interrupt() -> Iterator[dict]:
         signal.signal(signal.SIGTERM, old)
 
 
+WAIT_POLL_S = 1.0  # how often a sweep looks again at points another live sweep is running
+
+
 def run_sweep(expansion: Expansion, opts: ExecOptions, *, rerun: bool = False,
               reporter: Reporter | None = None) -> SweepOutcome:
-    """Run every point not yet done; returns what happened (also when interrupted)."""
-    from ovprof.runner.launch import run_point
+    """Run every point not yet done; returns what happened (also when interrupted).
 
+    Several sweeps may run on one store at once: each point is claimed before it runs (ovprof/results/claims.py)
+    and the store is re-read between points, so every point runs once, by whichever sweep gets it first; a point
+    another live sweep holds is left for later and waited for at the end."""
+    from collections import deque
+
+    for line in R.recover_pending(opts.store):  # records a full disk kept aside last time
+        (reporter.note if reporter else print)(line)
     spec = expansion.spec
     index = StoreIndex(opts.store)
     out = SweepOutcome(expansion=expansion, store=opts.store, index=index)
@@ -160,25 +182,56 @@ def run_sweep(expansion: Expansion, opts: ExecOptions, *, rerun: bool = False,
         rep.note(f"{out.skipped} of {len(expansion.plans)} points already have an ok or oom record in "
                  f"{opts.store}: skipped (--rerun runs them again)")
     t0 = time.monotonic()
+    queue, waiting = deque(todo), deque()
     with interrupts_as_keyboard_interrupt() as seen:
         try:
-            for plan in todo:
-                rep.start(plan.label())
-                if plan.is_max_batch:
-                    rec = _max_batch_point(plan, opts, index, rerun, rep, spec.name)
-                    detail = _max_detail(rec)
-                else:
-                    rec = run_point(plan.config, opts, sweep=spec.name)
-                    index.add(rec)
-                    detail = _run_detail(rec)
+            while queue or waiting:
+                if not queue:  # only points other sweeps hold are left: wait for them to finish or free up
+                    time.sleep(WAIT_POLL_S)
+                    queue, waiting = waiting, deque()
+                plan = queue.popleft()
+                index.refresh()
+                rec = index.done_point(plan, rerun)
+                if rec is not None:  # another sweep on this store finished it
+                    out.shared += 1
+                    out.outcomes.append(PointOutcome(plan, rec.status, rec, skipped=True))
+                    rep.start(plan.label())
+                    rep.finish(rec.status, None, "done by another sweep on this store")
+                    continue
+                with claims.claim(opts.store, plan.run_id) as mine:
+                    if not mine:
+                        waiting.append(plan)
+                        continue
+                    index.refresh()
+                    if index.done_point(plan, rerun) is not None:
+                        queue.appendleft(plan)  # finished just before we claimed it: count it above
+                        continue
+                    rep.start(plan.label())
+                    if plan.is_max_batch:
+                        rec = _max_batch_point(plan, opts, index, rerun, rep, spec.name)
+                        detail = _max_detail(rec)
+                    else:
+                        rec = _run(plan.config, opts, rep, sweep=spec.name)
+                        index.add(rec)
+                        detail = _run_detail(rec)
                 out.outcomes.append(PointOutcome(plan, rec.status, rec))
                 rep.finish(rec.status, rec.wall_time_s, detail)
         except KeyboardInterrupt:
             out.interrupted = seen["signal"]
+        except R.RecordNotStored as e:
+            out.store_error = str(e)
+            if e.kept_at is None:  # nowhere to keep it: the record itself is the last copy
+                out.store_error += "\n" + json.dumps(e.record.to_json(), sort_keys=True)
         finally:
             rep.close()
             out.wall_s = time.monotonic() - t0
     return out
+
+
+def _run(cfg, opts: ExecOptions, rep: Reporter, **kw) -> RunRecord:
+    from ovprof.runner.launch import run_point
+
+    return run_point(cfg, opts, on_phase=rep.phase, **kw)
 
 
 def _first_line(s: object, n: int = 160) -> str:
@@ -208,8 +261,6 @@ def _max_detail(rec: MaxBatchRecord) -> str:
 def _max_batch_point(plan: RunPlan, opts: ExecOptions, index: StoreIndex, rerun: bool, rep: Reporter,
                      sweep_name: str) -> MaxBatchRecord:
     """Search the largest batch for one point; every trial is a run record; returns the summary record."""
-    from ovprof.runner.launch import run_point
-
     mb = plan.max_batch
     records: dict[int, RunRecord] = {}
     started, t0 = _now(), time.perf_counter()
@@ -218,10 +269,17 @@ def _max_batch_point(plan: RunPlan, opts: ExecOptions, index: StoreIndex, rerun:
         cfg = dataclasses.replace(plan.config, batch=batch)
         rec = index.done_run(cfg.run_id, rerun)
         reused = rec is not None
-        if rec is None:
-            rep.trial(batch)
-            rec = run_point(cfg, opts, sweep=sweep_name, max_batch_search=plan.run_id)
-            index.add(rec)
+        while rec is None:
+            with claims.claim(opts.store, cfg.run_id) as mine:
+                index.refresh()
+                rec = index.done_run(cfg.run_id, rerun)
+                reused = rec is not None
+                if rec is None and mine:
+                    rep.trial(batch)
+                    rec = _run(cfg, opts, rep, sweep=sweep_name, max_batch_search=plan.run_id)
+                    index.add(rec)
+            if rec is None:  # another sweep is running this very trial: its record decides
+                time.sleep(WAIT_POLL_S)
         records[batch] = rec
         return maxbatch.Trial(batch=batch, status=rec.status, run_id=rec.run_id, reused=reused)
 

@@ -3,7 +3,9 @@
     ovprof sweep run sweeps/quickstart.toml 2> progress.log   # not a TTY: plain lines
 
 Both forms show points done / to run, the current point's varying fields,
-elapsed time and an ETA (mean time per finished point x points left).
+elapsed time and an ETA (mean time per finished point x points left: ovprof's
+own, since rich's speed estimate stays blank when points take over 30 s); the
+live bar also shows the phase the current worker is in.
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ class Reporter:
         self._progress = None
         self._task = None
         if self.live and total:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, \
+                TimeElapsedColumn
 
             self._progress = Progress(SpinnerColumn(), BarColumn(bar_width=24), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                      TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"),
                                       TextColumn("{task.description}"), console=self.console)
-            self._task = self._progress.add_task("", total=total)
+            self._task = self._progress.add_task("", total=total, eta=_hms(None))
             self._progress.start()
 
     @property
@@ -56,11 +58,15 @@ class Reporter:
 
     def _describe(self, text: str) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, description=escape(text))
+            self._progress.update(self._task, description=escape(text), eta=_hms(self.eta_s()))
 
     def start(self, label: str) -> None:
         self.label = label
         self._describe(label)
+
+    def phase(self, text: str) -> None:
+        """The current worker entered a phase ("imports: importing torch and DeepSpeed (+0.1 s)")."""
+        self._describe(f"{self.label}  [{text}]")
 
     def trial(self, batch: int, status: str | None = None, reused: bool = False) -> None:
         """A max-batch trial starts (status None) or ends."""
@@ -81,6 +87,7 @@ class Reporter:
             line += f"  {escape(detail)}"
         if self._progress is not None:
             self._progress.advance(self._task)
+            self._progress.update(self._task, eta=_hms(self.eta_s()))
             self.console.print(line, highlight=False)
         else:
             self.console.print(f"{line}  (elapsed {_hms(self.elapsed_s)}, eta {_hms(self.eta_s())})",

@@ -136,10 +136,14 @@ def _show(v: Any) -> str:
 # -- loading ----------------------------------------------------------------------
 
 
-def field_value(key: str, value: Any, source: str) -> Any:
-    """One value of a RunConfig field, coerced to its type; batch also accepts "max"."""
+def field_value(key: str, value: Any, source: str, here: Path | None = None) -> Any:
+    """One value of a RunConfig field, coerced to its type; batch also accepts "max"; ds_config_base also a path
+    to a JSON file (relative to the sweep file's folder, `here`)."""
     if key not in C.FIELD_NAMES:
         raise unknown_key_error(key, source)
+    if key == "ds_config_base" and isinstance(value, str) and not value.lstrip().startswith("{"):
+        return load_ds_base(Path(value) if here is None or Path(value).is_absolute() else here / value,
+                            source=source, key=key)
     if key == "batch":
         if value == MAX:
             return MAX
@@ -154,6 +158,25 @@ def field_value(key: str, value: Any, source: str) -> Any:
     return C.coerce(key, value, source)
 
 
+def load_ds_base(path: Path, *, source: str, key: str = "ds_config_base") -> str:
+    """A DeepSpeed base config file as canonical JSON; a ConfigError naming the file, the key and the value."""
+    import json
+
+    try:
+        if not path.is_file():
+            raise ConfigError("no such DeepSpeed config file" if not path.exists() else "not a regular file",
+                              source=source, key=key, value=str(path))
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read it ({type(e).__name__})", source=source, key=key, value=str(path)) from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"not valid JSON (line {e.lineno}: {e.msg})", source=source, key=key,
+                          value=str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError("a DeepSpeed config must be a JSON object", source=source, key=key, value=str(path))
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
 def _table(data: Any, what: str, source: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"expected a table {what}", source=source, value=_brief(data))
@@ -165,13 +188,13 @@ def _brief(v: Any) -> Any:
     return v if len(s) <= 60 else s[:57] + "..."
 
 
-def _values(key: str, raw: Any, source: str) -> tuple:
+def _values(key: str, raw: Any, source: str, here: Path | None = None) -> tuple:
     if not isinstance(raw, list):
         raise ConfigError("expected a list of values (a single value belongs in [base])", source=source, key=key,
                           value=_brief(raw))
     if not raw:
         raise ConfigError("is an empty list, which gives no points", source=source, key=key)
-    return tuple(field_value(key, v, source) for v in raw)
+    return tuple(field_value(key, v, source, here) for v in raw)
 
 
 def _positive_int(key: str, value: Any, source: str) -> int:
@@ -212,10 +235,13 @@ def load(path: str | Path) -> SweepSpec:
         raise ConfigError("must be a positive number of seconds", source=src, key="timeout_s", value=timeout_s)
 
     s_base = f"{src} [base]"
-    base = {k: field_value(k, v, s_base) for k, v in _table(data.get("base", {}), "[base]", s_base).items()}
+    here = p.parent
+    base = {k: field_value(k, v, s_base, here)
+            for k, v in _table(data.get("base", {}), "[base]", s_base).items()}
 
     s_axes = f"{src} [axes]"
-    axes = tuple((k, _values(k, v, s_axes)) for k, v in _table(data.get("axes", {}), "[axes]", s_axes).items())
+    axes = tuple((k, _values(k, v, s_axes, here))
+                 for k, v in _table(data.get("axes", {}), "[axes]", s_axes).items())
 
     seen = {k: "[axes]" for k, _ in axes}
     zips = []
@@ -227,7 +253,7 @@ def load(path: str | Path) -> SweepSpec:
         z = _table(z, "[[zip]]", s_zip)
         if not z:
             raise ConfigError("is empty; give two or more fields with lists of equal length", source=s_zip)
-        group = tuple((k, _values(k, v, s_zip)) for k, v in z.items())
+        group = tuple((k, _values(k, v, s_zip, here)) for k, v in z.items())
         lengths = {k: len(v) for k, v in group}
         if len(set(lengths.values())) > 1:
             first = group[0][0]
@@ -292,7 +318,9 @@ def _plan(spec: SweepSpec, point: dict[str, Any], values: dict[str, Any]) -> Run
     is_max = values.get("batch") == MAX
     concrete = dict(values, batch=spec.max_batch.start) if is_max else values
     try:
-        cfg = from_mapping(concrete, source=spec.path)
+        from ovprof.runner.deepspeed_config import apply_base
+
+        cfg = from_mapping(apply_base(concrete, source=spec.path), source=spec.path)
     except ConfigError as e:
         where = ", ".join(f"{k}={v!r}" for k, v in varying)
         hint = "; ".join(x for x in (e.hint, f"in the point {{{where}}}: fix the value or drop the point with an "
