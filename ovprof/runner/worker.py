@@ -97,8 +97,9 @@ class Runner:
         self.phase = "imports"
         import torch
 
+        import importlib
+
         import deepspeed
-        import deepspeed.comm.torch as ds_torch_comm
         from ovprof import objectives
         from ovprof.measure.monitors import AllocatorMonitor, NvmlMonitor, RssMonitor, StepTimer, read_tracker
 
@@ -126,7 +127,8 @@ class Runner:
         # DeepSpeed's CPU backend JIT-builds its shared-memory all-reduce (deepspeed_shm_comm) on first init,
         # 40-130 s under a lock file that a killed worker leaves behind, hanging every later worker. The op
         # serves inference all-reduce only (AutoTP), never ZeRO training, so ovprof never builds it.
-        ds_torch_comm.build_shm_op = lambda: None
+        # (importlib: `import deepspeed.comm.torch as m` binds deepspeed.comm's attribute `torch`, which is torch.)
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
         torch.manual_seed(c.seed)
         self.phase = "build"
