@@ -79,7 +79,10 @@ def _error_line(msg: str) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), msg))
+    from ovprof.errors import printable
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(Text.assemble(("error: ", "bold red"),
+                                                                             printable(msg, 2000)))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -143,7 +144,28 @@ def _choice(key: str, value: Any, options) -> None:
         raise ConfigError(f"must be one of {', '.join(map(str, options))}", key=key, value=value, hint=hint)
 
 
+MAX_STEPS = 100_000  # timed or warm-up steps: beyond this a point is not a measurement but a training run
+MAX_ELEMENTS = 2**62  # a tensor the step would build with more elements than this cannot be represented
+
+
+def _check_types(c: RunConfig) -> None:
+    """Each field of the declared type, numbers finite (a RunConfig built in Python skips coercion)."""
+    for f in fields(c):
+        v, typ = getattr(c, f.name), _FIELD_TYPES[f.name]
+        if v is None and typ.endswith("| None"):
+            continue
+        base = typ.replace(" | None", "")
+        ok = {"int": isinstance(v, int) and not isinstance(v, bool),
+              "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+              "bool": isinstance(v, bool), "str": isinstance(v, str)}.get(base, True)
+        if not ok:
+            raise ConfigError(f"expected {typ.replace(' | None', ' or none')}", key=f.name, value=v)
+        if base == "float" and not math.isfinite(v):
+            raise ConfigError("must be a finite number (not NaN or infinity)", key=f.name, value=v)
+
+
 def validate(c: RunConfig) -> None:
+    _check_types(c)
     objective = objectives.get(c.objective)  # ConfigError naming the known objectives
     _choice("encoder", c.encoder, tuple(presets.ENCODERS))
     if c.text_encoder != "auto":
@@ -178,6 +200,21 @@ def validate(c: RunConfig) -> None:
     _check(isinstance(base, dict), "ds_config_base", c.ds_config_base[:40], "must be a JSON object")
     if c.mask_position == "encoder" and c.mask_ratio > 0:
         _check(c.kept_tokens >= 1, "mask_ratio", c.mask_ratio, "keeps no patch")
+    _check(c.steps <= MAX_STEPS, "steps", c.steps, f"is above {MAX_STEPS:,}: a measurement needs tens of steps")
+    _check(c.warmup <= MAX_STEPS, "warmup", c.warmup, f"is above {MAX_STEPS:,}: warm-up needs a few steps")
+    _check(c.world_size <= 2**20, "world_size", c.world_size, "is more ranks than any cluster has")
+    res = c.res or presets.ENCODERS[c.encoder].native_res
+    images = c.batch * 3 * res * res
+    _check(images < MAX_ELEMENTS, "batch", c.batch, f"at res {res} the image batch ({images:.3g} elements) cannot be "
+                                                     "represented")
+    logits = c.batch * max(c.caption_len, c.text_len) * c.vocab_size
+    _check(logits < MAX_ELEMENTS, "vocab_size", c.vocab_size, f"with batch {c.batch} the logits ({logits:.3g} "
+                                                                "elements) cannot be represented")
+    _check(c.vocab_size * 4096 < MAX_ELEMENTS, "vocab_size", c.vocab_size, "the embedding cannot be represented")
+    _check(c.bucket_elems is None or c.bucket_elems < MAX_ELEMENTS, "bucket_elems", c.bucket_elems,
+           "cannot be represented")
+    _check(c.memory_budget_gib is None or c.memory_budget_gib < 2**30, "memory_budget_gib", c.memory_budget_gib,
+           "is more memory than any device has")
 
 
 def _coerce(key: str, value: Any, source: str | None) -> Any:
@@ -195,19 +232,21 @@ def _coerce(key: str, value: Any, source: str | None) -> Any:
                 if typ == "int":
                     raise TypeError
                 return None
-            if isinstance(value, bool):
-                raise TypeError
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError  # strict: the string "4" is not the number 4
             if isinstance(value, float):
-                if not value.is_integer():
+                if not (math.isfinite(value) and value.is_integer()):
                     raise TypeError
                 return int(value)
-            return int(value)
+            return value
         if typ == "float" or typ == "float | None":
             if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
                 if typ == "float":
                     raise TypeError
                 return None
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError
+            if not math.isfinite(value):
                 raise TypeError
             return float(value)
         if typ == "str":
@@ -220,6 +259,8 @@ def _coerce(key: str, value: Any, source: str | None) -> Any:
         pass
     else:
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError("must be a finite number (not NaN or infinity)", source=source, key=key, value=value)
     raise ConfigError(f"expected {typ.replace(' | None', ' or none')}", source=source, key=key, value=value)
 
 

@@ -22,18 +22,26 @@ class ConfigError(ValueError):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
+        # Every part that came from the user is escaped and bounded: a message never carries a raw control
+        # character or a megabyte of value to the terminal.
         where = []
         if self.source:
-            where.append(self.source)
+            where.append(printable(self.source, 300))
         if self.key is not None:
-            where.append(f"key '{self.key}'")
+            where.append(f"key '{printable(self.key, 80)}'")
         if self.key is not None and self.value is not None:
-            where.append(f"value {self.value!r}")
+            where.append(f"value {printable(repr(self.value), 80)}")
         head = ": ".join([", ".join(where)] if where else [])
         msg = f"{head}: {self.detail}" if head else self.detail
         if self.hint:
             msg += f" ({self.hint})"
         return msg
+
+
+def printable(text: object, limit: int = 200) -> str:
+    """User text safe to echo: control characters escaped, at most `limit` characters."""
+    s = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 class UsageError(ValueError):

@@ -22,7 +22,7 @@ from conftest import ROOT
 # __init__ reaches it only through a PEP 562 __getattr__ (importlib, on first use): no import statement, and
 # importing ovprof stays free of pandas and torch.
 LAYERS: list[tuple[str, ...]] = [
-    ("ovprof", "ovprof.errors", "ovprof.presets", "ovprof.metrics"),  # leaves: no ovprof imports above them
+    ("ovprof", "ovprof.errors", "ovprof.presets", "ovprof.metrics", "ovprof.paths"),  # leaves: no ovprof imports above them
     ("ovprof.measure",),  # timing, memory, FLOPs, hardware, environment
     ("ovprof.kernels", "ovprof.models"),  # what a run computes
     ("ovprof.objectives",),

@@ -141,7 +141,18 @@ def check(
 ) -> None:
     from ovprof.check.compare import Gate, check_field_names, check_metric_names, parse_tolerance
 
+    from ovprof.paths import input_file, output_file
+
     results = results or [Path("results/runs.jsonl")]
+    for r in results:
+        input_file(r, "--results", missing="no such results store")
+    if update_baseline:
+        output_file(baseline, "--baseline", not_same_as=tuple(results))
+    else:
+        input_file(baseline, "--baseline", missing="no such baseline file (write one with: ovprof check "
+                   f"--update-baseline --baseline {baseline} --results STORE)")
+    if junit is not None:
+        output_file(junit, "--junit", not_same_as=(baseline, *results))
     metrics = check_metric_names(metric)
     tol = parse_tolerance(tolerance)
     time_tol: Fraction | None = None if time_tolerance is None else parse_tolerance(time_tolerance,

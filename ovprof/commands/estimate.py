@@ -122,6 +122,15 @@ def validate(stores: list[Path], methods: list[str]) -> dict:
     return {"rows": rows, "summary": summary}
 
 
+def _quiet_fake_tensor_logs() -> None:
+    """torch's fake-tensor machinery logs some unsupported operators with a traceback: a user sees none of that
+    (a failure the estimate cannot survive is still one line, from the CLI's error mapping)."""
+    import logging
+
+    for name in ("torch._subclasses.fake_tensor", "torch._subclasses.fake_impls", "torch._dynamo"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def estimate(
     sweep_file: Optional[Path] = typer.Argument(None, help="A sweep file: estimate each of its points."),
     objective: Optional[str] = typer.Option(None, help="caption | clip | openvision"),
@@ -152,7 +161,17 @@ def estimate(
     if attention not in ("flash", "native", "math"):
         raise UsageError(f"--attention {attention!r}: must be flash, native or math")
     methods = ["fake", "analytic"] if method == "both" else [method]
-    c = console()
+    import math
+
+    for name, v, lo, hi in (("--device-memory", device_memory, 0.0, 2.0**30), ("--mfu", mfu, 0.0, 1.0),
+                            ("--peak-tflops", peak_tflops, 0.0, 1e9)):
+        if v is not None and not (math.isfinite(v) and lo < v <= hi):
+            raise UsageError(f"{name} {v:g}: must be a finite number in ({lo:g}, {hi:g}]")
+    from ovprof.paths import input_file
+
+    for p in validate_:
+        input_file(p, "--validate", missing="no such store")
+    _quiet_fake_tensor_logs()
     if validate_:
         out = validate(validate_, methods)
         if json_out:

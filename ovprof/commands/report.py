@@ -73,13 +73,19 @@ def report(
     formats: str = typer.Option("md,html,csv,json", "--format", help="Comma-separated: md, html, csv, json. "
                                                                       "PNG plots are always written."),
 ) -> None:
+    from ovprof.paths import input_file, output_dir, plain_name
+
+    if sweep is not None:
+        plain_name(sweep, "--sweep")
     paths, name = resolve_stores(list(stores or []), sweep)
+    for p in paths:
+        input_file(p, "store", missing="no such store")
     wanted = parse_formats(formats)
+    out_dir = output_dir(out or Path("reports") / name, "--out")
     from ovprof.results import record
 
     if not record.read_stores(paths).runs:
         raise UsageError(f"{', '.join(paths)}: no run records to report on")
-    out_dir = out or Path("reports") / name
 
     from ovprof.commands.common import console
     from ovprof.report.render import print_summary, write_report

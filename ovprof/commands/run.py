@@ -31,15 +31,26 @@ Exit codes: 0 ok, 1 error, 2 bad input, 3 out of memory (recorded as status oom)
 def load_ds_config(path: Optional[Path]) -> Optional[str]:
     if path is None:
         return None
+    from ovprof.paths import input_file
+
+    input_file(path, "--ds-config", missing="no such DeepSpeed config file")
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such DeepSpeed config file") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--ds-config {path}: not UTF-8 text ({e.reason})") from None
     except json.JSONDecodeError as e:
-        raise UsageError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        raise UsageError(f"--ds-config {path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     if not isinstance(data, dict):
-        raise UsageError(f"{path}: a DeepSpeed config must be a JSON object")
+        raise UsageError(f"--ds-config {path}: a DeepSpeed config must be a JSON object")
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def check_timeout(timeout: float, option: str = "--timeout") -> float:
+    import math
+
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError(f"{option} {timeout:g}: must be a positive, finite number of seconds")
+    return timeout
 
 
 def _not_stored(e) -> int:
@@ -138,8 +149,13 @@ def run(
     cfg = from_mapping(values, source="command line")
     if launcher not in ("torchrun", "deepspeed"):
         raise UsageError(f"--launcher {launcher!r}: must be torchrun or deepspeed")
-    if hostfile is not None and not hostfile.exists():
-        raise UsageError(f"{hostfile}: no such hostfile")
+    from ovprof.paths import input_file, output_dir, output_file
+
+    if hostfile is not None:
+        input_file(hostfile, "--hostfile", missing="no such hostfile")
+    check_timeout(timeout)
+    output_file(out, "--out", not_same_as=tuple(p for p in (ds_config, hostfile) if p is not None))
+    output_dir(out.parent / "logs", "log folder")
     if hostfile is None:
         from ovprof.runner.devices import check_devices
 

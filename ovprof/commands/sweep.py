@@ -50,16 +50,20 @@ FILE_ARG = typer.Argument(..., metavar="FILE", help="Sweep file (TOML), e.g. swe
                           show_default=False)
 SET_OPT = typer.Option([], "--set", help="Any run field for every point, e.g. --set steps=5 (repeatable; "
                                          "wins over the file). --set batch=max searches the largest batch.")
+MAX_POINTS_OPT = typer.Option(None, "--max-points", metavar="N", help="Allow a grid above 100,000 points "
+                              "(it is counted before it is enumerated).")
 BUDGET_OPT = typer.Option(None, "--memory-budget", metavar="GIB",
                           help="Emulate a smaller device for every point (CUDA memory fraction, or on CPU a cap on "
                                "live tensor bytes); over it a point is status oom.")
 
 
-def _expand(file: Path, set_: list[str], memory_budget: Optional[float]):
+def _expand(file: Path, set_: list[str], memory_budget: Optional[float], max_points: Optional[int] = None):
     from ovprof.sweep import spec as S
 
+    if max_points is not None and max_points < 1:
+        raise UsageError(f"--max-points {max_points}: must be a positive number of points")
     sweep = S.load(file)
-    return S.expand(sweep, S.overrides_from_cli(set_, memory_budget))
+    return S.expand(sweep, S.overrides_from_cli(set_, memory_budget), max_points or S.MAX_POINTS)
 
 
 def _store_status(index, plan) -> str:
@@ -79,6 +83,7 @@ def plan(
     memory_budget: Optional[float] = BUDGET_OPT,
     store_path: Optional[Path] = typer.Option(None, "--store", help="Store whose records the 'in store' column "
                                                                     "shows  \\[default: the file's store]"),
+    max_points: Optional[int] = MAX_POINTS_OPT,
     json_out: bool = typer.Option(False, "--json", help="Print a JSON list of {run_id, config, varying, max_batch, "
                                   "ds_config} (ds_config: the merged DeepSpeed config the point runs with)."),
 ) -> None:
@@ -88,7 +93,7 @@ def plan(
     from ovprof.commands.common import console, print_json
     from ovprof.sweep.execute import StoreIndex
 
-    exp = _expand(file, set_, memory_budget)
+    exp = _expand(file, set_, memory_budget, max_points)
     if json_out:
         from ovprof.runner.deepspeed_config import build
 
@@ -97,7 +102,10 @@ def plan(
                     for p in exp.plans])
         return
     spec = exp.spec
-    store = str(store_path or spec.store)
+    from ovprof.paths import output_file
+
+    store = str(output_file(store_path or spec.store, "--store" if store_path else f"{file}: store",
+                            not_same_as=(file,)))
     index = StoreIndex(store)
     c = console()
     head = f"[bold]{escape(spec.name)}[/]: {len(exp.plans)} points"
@@ -153,6 +161,7 @@ def run(
     launcher: str = typer.Option("torchrun", help="torchrun | deepspeed, for points with world_size > 1."),
     hostfile: Optional[Path] = typer.Option(None, help="DeepSpeed hostfile: run multi-node points across its hosts "
                                                        "(implies --launcher deepspeed; see docs/sweeps.md)."),
+    max_points: Optional[int] = MAX_POINTS_OPT,
 ) -> None:
     from rich.text import Text
 
@@ -161,13 +170,19 @@ def run(
     from ovprof.sweep.execute import run_sweep
     from ovprof.sweep.spec import check_world_sizes
 
-    exp = _expand(file, set_, memory_budget)
+    from ovprof.commands.run import check_timeout
+    from ovprof.paths import input_file, output_dir, output_file
+
+    exp = _expand(file, set_, memory_budget, max_points)
     if launcher not in ("torchrun", "deepspeed"):
         raise UsageError(f"--launcher {launcher!r}: must be torchrun or deepspeed")
-    if hostfile is not None and not hostfile.is_file():
-        raise UsageError(f"{hostfile}: no such hostfile")
-    if timeout is not None and not timeout > 0:
-        raise UsageError(f"--timeout {timeout:g}: must be a positive number of seconds")
+    if hostfile is not None:
+        input_file(hostfile, "--hostfile", missing="no such hostfile")
+    if timeout is not None:
+        check_timeout(timeout)
+    store = store_path or Path(exp.spec.store)
+    output_file(store, "--store" if store_path else f"{file}: store", not_same_as=(file,))
+    output_dir(store.parent / "logs", "log folder")
     if hostfile is None:
         check_world_sizes(exp)
     spec = exp.spec

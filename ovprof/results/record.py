@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from ovprof import metrics as M
+from ovprof.errors import printable
 from ovprof.config import DEFAULTS, FIELD_NAMES, RunConfig, config_field_types
 from ovprof.results import store
 
@@ -372,13 +373,13 @@ def read_store(path: str | Path, *, warn: Callable[[str], None] | None = _warn_d
         try:
             obj = json.loads(raw)
         except ValueError:  # JSONDecodeError and UnicodeDecodeError (a cut multi-byte character)
-            msg = f"{path}: line {lineno}: skipped: not a whole JSON line (torn or corrupt)"
+            msg = f"{printable(path)}: line {lineno}: skipped: not a whole JSON line (torn or corrupt)"
         else:
             try:
                 out.records.append(parse(obj))
                 continue
             except RecordError as e:
-                msg = f"{path}: line {lineno}: skipped: {_printable(str(e))}"
+                msg = f"{printable(path)}: line {lineno}: skipped: {printable(e, 300)}"
         out.warnings.append(msg)
         key = (str(path), lineno, msg)
         if warn is not None and key not in _WARNED:
@@ -392,12 +393,6 @@ def read_stores(paths: Iterable[str | Path], **kw) -> StoreContents:
     for p in paths:
         out.extend(read_store(p, **kw))
     return out
-
-
-def _printable(text: str, limit: int = 300) -> str:
-    """A message safe for a terminal: control characters escaped, length bounded."""
-    safe = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
-    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
 
 
 R = TypeVar("R", RunRecord, MaxBatchRecord)

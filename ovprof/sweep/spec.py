@@ -27,6 +27,7 @@ from typing import Any, Mapping
 from ovprof import config as C
 from ovprof.config import ConfigError, RunConfig, from_mapping, unknown_key_error
 from ovprof.errors import UsageError
+from ovprof.paths import plain_name
 
 MAX = "max"  # the sweep-level batch value that asks for the max-batch search
 TOP_KEYS = ("name", "description", "store", "timeout_s", "base", "axes", "zip", "exclude", "max_batch")
@@ -220,9 +221,17 @@ def load(path: str | Path) -> SweepSpec:
         if key not in TOP_KEYS:
             raise unknown_key_error(key, src, TOP_KEYS)
 
+    if not any(data.get(k) for k in ("base", "axes", "zip")):
+        raise ConfigError("has no [base], [axes] or [[zip]] with a field in it: nothing to run (an empty file "
+                          "is not a default point)", source=src)
     name = data.get("name", p.stem)
     if not isinstance(name, str) or not name.strip():
         raise ConfigError("must be a non-empty string", source=src, key="name", value=name)
+    try:
+        plain_name(name, "name")
+    except UsageError:
+        raise ConfigError("must be a plain name: letters, digits and - _ . + @ (it names results/NAME.jsonl and "
+                          "reports/NAME/)", source=src, key="name", value=name) from None
     description = data.get("description", "")
     if not isinstance(description, str):
         raise ConfigError("must be a string", source=src, key="description", value=_brief(description))
@@ -329,9 +338,26 @@ def _plan(spec: SweepSpec, point: dict[str, Any], values: dict[str, Any]) -> Run
     return RunPlan(config=cfg, varying=varying, max_batch=spec.max_batch if is_max else None)
 
 
-def expand(spec: SweepSpec, overrides: Mapping[str, Any] | None = None) -> Expansion:
+MAX_POINTS = 100_000  # a grid above this is refused before it is enumerated (--max-points to allow more)
+
+
+def grid_size(spec: SweepSpec) -> int:
+    """Points of the grid before exclusions and deduplication: product of axis and zip lengths."""
+    n = 1
+    for _, vals in spec.axes:
+        n *= len(vals)
+    for z in spec.zips:
+        n *= len(z[0][1])
+    return n
+
+
+def expand(spec: SweepSpec, overrides: Mapping[str, Any] | None = None, max_points: int = MAX_POINTS) -> Expansion:
     """All points of the grid: axes x zips, minus exclusions, validated, deduplicated by run_id."""
     overrides = dict(overrides or {})
+    size = grid_size(spec)
+    if size > max_points:
+        raise ConfigError(f"the grid has {size:,} points, above the limit of {max_points:,}; split the sweep, or "
+                          "raise the limit with --max-points", source=spec.path, key="axes")
     groups: list[list[dict[str, Any]]] = [[{k: v} for v in vals] for k, vals in spec.axes]
     for z in spec.zips:
         n = len(z[0][1])
