@@ -165,8 +165,8 @@ def _check_types(c: RunConfig) -> None:
 
 
 def validate(c: RunConfig) -> None:
+    objective = objectives.get(c.objective)  # ConfigError naming the known objectives, whatever the value's type
     _check_types(c)
-    objective = objectives.get(c.objective)  # ConfigError naming the known objectives
     _choice("encoder", c.encoder, tuple(presets.ENCODERS))
     if c.text_encoder != "auto":
         _choice("text_encoder", c.text_encoder, ("auto", *presets.TEXT_ENCODERS))

@@ -215,7 +215,7 @@ def test_load_errors_are_typed(tmp_path):
         S.load(write(tmp_path, '[axes]\nzero = [0]\n[[zip]]\nzero = [1]\nbatch = [2]\n'))
     assert "one place" in str(e.value)
     with pytest.raises(ConfigError) as e:
-        S.load(write(tmp_path, "[max_batch]\nstart = 8\nlimit = 4\n"))
+        S.load(write(tmp_path, TINY_BASE + "[max_batch]\nstart = 8\nlimit = 4\n"))
     assert e.value.key == "limit"
     with pytest.raises(ConfigError) as e:
         S.expand(S.load(write(tmp_path, TINY_BASE + '[[exclude]]\nencoder = "vit-debug"\n')))

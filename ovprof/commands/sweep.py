@@ -135,6 +135,20 @@ def plan(
                 f"never above {mb.limit}")
 
 
+def _warn_busy_machine(err) -> None:
+    """Step times swing 10-250x when other work competes for the cores (seen here): say so once, up front."""
+    import os
+
+    try:
+        load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    except (OSError, AttributeError):
+        return
+    if load > cores:
+        err.print(f"warning: the machine is busy (1-minute load {load:.1f} on {cores} cores): step times will "
+                  "swing; memory figures stay exact. Time on a quiet machine, as ratios within one sweep.",
+                  markup=False, highlight=False, soft_wrap=True)
+
+
 def _warn_max_batch_without_budget(exp, err) -> None:
     """On a machine without CUDA and no memory budget, only the OS stops a growing batch (status error)."""
     if not any(p.is_max_batch and p.config.memory_budget_gib is None for p in exp.plans):
@@ -192,6 +206,7 @@ def run(
     err.print(f"sweep {spec.name}: {len(exp.plans)} points, store {opts.store}, timeout {opts.timeout_s:g} s "
               "per point", highlight=False, markup=False, soft_wrap=True)
     _warn_max_batch_without_budget(exp, err)
+    _warn_busy_machine(err)
     outcome = run_sweep(exp, opts, rerun=rerun, reporter=None)
     render_summary(outcome)
     resume = "ovprof " + shlex.join(a for a in sys.argv[1:] if a != "--rerun")
