@@ -25,17 +25,59 @@ TRACKED_STEPS = 2
 EXIT_OK, EXIT_ERROR, EXIT_OOM = 0, 1, 3
 
 
-def is_oom(exc: BaseException) -> bool:
-    """Classify by exception type; the CPU allocator raises a plain RuntimeError with a fixed prefix."""
+# cudaErrorMemoryAllocation: the code torch.AcceleratorError carries for "CUDA error: out of memory".
+CUDA_ERROR_MEMORY_ALLOCATION = 2
+# What an allocation failure outside the caching allocator says, when no exception type tells it (lower case):
+OOM_MESSAGES = (
+    "defaultcpuallocator: can't allocate memory",  # the CPU allocator
+    "cuda out of memory",  # the caching allocator, where torch.OutOfMemoryError is not raised (wrapped, re-raised)
+    "cuda error: out of memory",  # the CUDA runtime (a kernel's workspace, a context, cudaMalloc outside torch)
+    "cublas_status_alloc_failed",  # cuBLAS could not allocate its workspace or handle
+)
+
+
+def _is_oom_one(exc: BaseException) -> bool:
     import torch
 
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    msg = str(exc)
     from ovprof.measure.memory import BUDGET_MESSAGE
 
-    return isinstance(exc, RuntimeError) and ("DefaultCPUAllocator: can't allocate memory" in msg
-                                              or "CUDA out of memory" in msg or BUDGET_MESSAGE in msg)
+    # torch.OutOfMemoryError since torch 2.5; torch.cuda.OutOfMemoryError is the same class, and older.
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
+    if isinstance(exc, (MemoryError, *oom_types)):
+        return True
+    accelerator_error = getattr(torch, "AcceleratorError", None)  # torch >= 2.8: CUDA runtime errors, with a code
+    if accelerator_error is not None and isinstance(exc, accelerator_error) \
+            and getattr(exc, "error_code", None) == CUDA_ERROR_MEMORY_ALLOCATION:
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    msg = str(exc).lower()
+    if BUDGET_MESSAGE in str(exc) or any(m in msg for m in OOM_MESSAGES):
+        return True
+    # cuBLAS creates its handle lazily, at the first matmul on a device; on a full device that fails with
+    # NOT_INITIALIZED (cuBLAS cannot allocate its context). Elsewhere NOT_INITIALIZED is not an OOM.
+    if "cublas_status_not_initialized" in msg and "cublascreate" in msg:
+        return True
+    # NCCL: "unhandled cuda error" is any CUDA failure inside NCCL; its "Last error" names the cause.
+    if "unhandled cuda error" in msg or "ncclunhandledcudaerror" in msg:
+        # e.g. "Last error:\nCuda failure 2 'out of memory'" or "Failed to CUDA calloc 10485760 bytes"
+        return any(m in msg for m in ("out of memory", "failed to cuda calloc", "failed to cuda malloc"))
+    return False
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether a failure means "this point does not fit in memory", by exception type where torch gives one,
+    by message where it does not (cuBLAS, the CUDA runtime without a code, NCCL). Follows the chain of causes,
+    so an OOM re-raised inside another exception still counts."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if _is_oom_one(e):
+            return True
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return False
 
 
 class Runner:
