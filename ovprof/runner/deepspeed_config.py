@@ -6,7 +6,9 @@ Our keys win over the base (`--ds-config base.json`), merged dict by dict, so a
 base can add e.g. `zero_optimization.overlap_comm` but cannot change the stage,
 precision or micro-batch that define the point. The optimizer is torch's AdamW
 (`torch_adam`), the same on CPU and CUDA and needing no compiled DeepSpeed op;
-its hyperparameters follow OpenVision 2 (betas 0.9/0.95, weight decay 0.2).
+its hyperparameters follow OpenVision 2 (betas 0.9/0.95, weight decay 0.2). Its
+implementation is explicit (`foreach`, from `config.optimizer_impl`): left at
+None, torch would pick foreach on CUDA only, and the step's memory would differ.
 
 Bucket sizes: at ZeRO 2/3 DeepSpeed allocates its reduce bucket in full
 (default 5e8 elements), which dwarfs a small model. `bucket_elems` sets
@@ -20,7 +22,7 @@ import copy
 import json
 from typing import Any
 
-from ovprof.config import RunConfig
+from ovprof.config import RunConfig, optimizer_impl
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -47,7 +49,8 @@ def build(cfg: RunConfig) -> dict[str, Any]:
         "train_batch_size": c.batch * c.world_size,
         "optimizer": {
             "type": "AdamW",
-            "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.2, "torch_adam": True},
+            "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.2, "torch_adam": True,
+                       "foreach": optimizer_impl(c) == "foreach"},
         },
         "zero_optimization": zero,
         "bf16": {"enabled": c.precision == "bf16"},
