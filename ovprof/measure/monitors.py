@@ -162,11 +162,11 @@ class NvmlMonitor:
         if self.device is None:
             sink.null_source(self.source, NO_CUDA)
             return
-        from ovprof.measure.nvml import NvmlSampler, torch_device_uuid
+        from ovprof.measure.nvml import NvmlSampler, torch_device_uuids
 
         # NVML indexes ignore CUDA_VISIBLE_DEVICES: follow the torch device by UUID.
         times: list[float] = []
-        with NvmlSampler(device_index=self.local_rank, uuid=torch_device_uuid(self.local_rank),
+        with NvmlSampler(device_index=self.local_rank, uuid=torch_device_uuids(self.local_rank),
                          interval_s=self.interval_s) as s:
             for _ in range(steps):
                 t0 = time.perf_counter()
