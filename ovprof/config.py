@@ -26,6 +26,17 @@ OBJECTIVES = tuple(objectives.names())  # the registry, ovprof/objectives/
 MASK_POSITIONS = ("decoder", "encoder")
 PRECISIONS = ("bf16", "fp16", "fp32")
 LOSS_IMPLS = ("eager", "chunked", "triton")
+# torch AdamW's implementation. Left to itself (DeepSpeed passes foreach=None) torch picks "foreach" only when every
+# parameter is on CUDA, so the optimizer step's memory would differ between CPU and GPU; ovprof always names one.
+# "for-loop" (one tensor at a time) is what CPU runs have always used, so CPU records and baselines are unchanged.
+OPTIMIZER_IMPLS = ("for-loop", "foreach")
+DEFAULT_OPTIMIZER_IMPL = "for-loop"
+
+
+def optimizer_impl(cfg: "RunConfig") -> str:
+    """The AdamW implementation `cfg` runs: the one place it is chosen (the DeepSpeed config and the estimate ask
+    here). A sweep axis `optimizer_impl` becomes a RunConfig field read here, its default DEFAULT_OPTIMIZER_IMPL."""
+    return getattr(cfg, "optimizer_impl", DEFAULT_OPTIMIZER_IMPL)
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ class Metric:
 
 
 _ALL = (
-    # timer: the timed steps, nothing else in the loop
+    # timer: the timed steps, nothing else in the loop (no tracker, no NVML sampler)
     Metric("step_times_ms", "ms", "timer", "slowest", "every timed step", shape="list"),
     Metric("step_time_ms_median", "ms", "timer", "slowest", "step time median", gate="time"),
     Metric("step_time_ms_p10", "ms", "timer", "slowest", "step time p10"),
@@ -99,14 +99,21 @@ _ALL = (
     Metric("alloc_retries", "count", "allocator", "max", "CUDA allocation retries", cuda_only=True, integer=True),
     Metric("oom_count", "count", "allocator", "max", "CUDA OOMs caught by the allocator", cuda_only=True,
            integer=True),
-    # NVML, sampled by a background thread
+    Metric("reserved_warmup_bytes", "bytes", "allocator", "max", "CUDA reserved after warm-up (before empty_cache)",
+           cuda_only=True, integer=True),
+    Metric("reserved_at_reset_bytes", "bytes", "allocator", "max", "CUDA reserved at the reset (after one step)",
+           cuda_only=True, integer=True),
+    # NVML, sampled by a background thread over untimed steps of its own, after the timed ones
     Metric("nvml_process_peak_bytes", "bytes", "nvml", "max", "NVML process", gate="memory", cuda_only=True,
            integer=True, report_key="nvml_process"),
     Metric("nvml_device_peak_bytes", "bytes", "nvml", "max", "NVML device", gate="memory", cuda_only=True,
            integer=True),
+    Metric("nvml_steps", "count", "nvml", "rank0", "untimed steps NVML sampled", cuda_only=True, integer=True),
+    Metric("nvml_step_time_ms_median", "ms", "nvml", "max", "step time median with the NVML sampler", cuda_only=True),
     # the worker's own life
     Metric("startup_s", "s", "runtime", "rank0", "start-up (imports, engine)"),
     Metric("torch_num_threads", "threads", "runtime", "rank0", "torch intra-op threads", integer=True),
+    Metric("skipped_steps", "count", "runtime", "max", "timed steps skipped by fp16 loss scaling", integer=True),
     # the launcher, in the parent: wall time not spent in timed steps
     Metric("overhead_s", "s", "launcher", "rank0", "overhead beyond the timed steps"),
 )

@@ -97,3 +97,59 @@ def test_paper_table_puts_predicted_ratios_beside_the_papers():
 def test_estimate_cli_bad_device_is_one_line():
     r = ovprof("estimate", "--device", "h10")
     assert r.returncode == 2 and "did you mean 'h100'" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- the optimizer term: one explicit AdamW implementation, the same on CPU and CUDA -----------------------------
+
+def test_deepspeed_config_names_the_adamw_implementation_and_the_estimate_models_it():
+    from ovprof.config import DEFAULT_OPTIMIZER_IMPL, optimizer_impl
+    from ovprof.runner.deepspeed_config import build
+
+    cfg = RunConfig(encoder="vit-debug", batch=2)
+    # DeepSpeed would pass foreach=None, and torch would then pick foreach on CUDA only
+    assert build(cfg)["optimizer"]["params"]["foreach"] is (optimizer_impl(cfg) == "foreach")
+    assert optimizer_impl(cfg) == DEFAULT_OPTIMIZER_IMPL == "for-loop"  # what CPU runs always ran
+    assert estimate(cfg, "analytic").optimizer_impl == "for-loop"
+
+
+@pytest.mark.parametrize("impl", ["for-loop", "foreach"])
+def test_adamw_temporaries_equal_the_tracked_bytes_of_torchs_step(impl):
+    """Both implementations, measured on CPU with torch's own AdamW (the foreach ops run their per-tensor
+    fallback here, which allocates the same outputs as the CUDA kernels)."""
+    import torch
+
+    from ovprof import objectives
+    from ovprof.estimate.zero import adamw_temporaries_bytes
+    from ovprof.measure.memory import TensorTracker, optimizer_tensors
+
+    cfg = RunConfig(encoder="vit-debug", vocab_size=512, caption_len=16, batch=2).resolved()
+    torch.manual_seed(0)
+    model = objectives.build_model(cfg)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.2, foreach=impl == "foreach")
+    batch = objectives.make_batch(cfg, torch.device("cpu"), rank=0)
+    model(**batch).backward()
+    opt.step()  # the state exists from here on
+    state, _ = optimizer_tensors(opt)
+    with TensorTracker() as tr:
+        tr.adopt_existing(parameters=params, gradients=[p.grad for p in params], optimizer_state=state)
+        tr.reset_peak()
+        with tr.phase("optimizer"):
+            opt.step()
+    numels = tuple(p.numel() for p in params)
+    predicted = adamw_temporaries_bytes(impl, stepped_numel=sum(numels), largest_numel=max(numels), numels=numels)
+    assert tr.phase_peak_bytes["optimizer"] - tr.start_bytes == predicted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kw", [dict(zero=0, precision="bf16"), dict(zero=2, bucket_elems=500_000)])
+def test_estimated_optimizer_term_equals_the_tracked_optimizer_phase(tmp_path, tiny, kw):
+    cfg = tiny(**kw)
+    rec = run_point(cfg, ExecOptions(store=str(tmp_path / "r.jsonl")))
+    assert rec.status == "ok", rec.error
+    assert rec.ds_config["optimizer"]["params"]["foreach"] is False
+    m = rec.metrics
+    # the optimizer phase's peak over the state resident at the step's start
+    measured = m["tracked_phase_peak_bytes"]["optimizer"] - sum(m["tracked_start_breakdown_bytes"].values())
+    est = estimate(cfg, "fake", "native").optimizer_bytes
+    assert abs(measured - est) <= 64, (measured, est)  # ZeRO 2: one 8-byte scalar beside the flat partition

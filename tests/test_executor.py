@@ -74,3 +74,47 @@ def test_a_port_leased_by_another_process_is_never_handed_out(monkeypatch):
     t0 = time.monotonic()
     with X.port_lease() as again:  # released when its holder died
         assert again in (p, p + 1) and time.monotonic() - t0 < 5
+
+
+# -- the devices the user chose ----------------------------------------------------------------------------------
+
+def _deepspeed_command(tmp_path, environ, world_size=2):
+    cfg = RunConfig(**TINY, world_size=world_size)
+    return X.worker_command(cfg, ExecOptions(launcher="deepspeed"), tmp_path / "spec.json", tmp_path / "out",
+                            29500, environ=environ)
+
+
+def test_deepspeed_launcher_names_the_visible_devices_not_the_first_n(tmp_path):
+    from deepspeed.launcher import runner as ds_runner
+
+    cmd = _deepspeed_command(tmp_path, {"CUDA_VISIBLE_DEVICES": "2,3"})
+    assert "--num_gpus" not in cmd and cmd[cmd.index("--include") + 1] == "localhost:2,3"
+    # DeepSpeed's own parser, on a 4-GPU host, keeps exactly devices 2 and 3
+    args = ds_runner.parse_args(cmd[cmd.index("deepspeed.launcher.runner") + 1:])
+    assert (args.include, args.num_gpus) == ("localhost:2,3", -1)
+    assert dict(ds_runner.parse_inclusion_exclusion({"localhost": 4}, args.include, "")) == {"localhost": [2, 3]}
+    # more devices visible than ranks: the first world_size of them, in the user's order
+    cmd = _deepspeed_command(tmp_path, {"CUDA_VISIBLE_DEVICES": "5, 1,7"})
+    assert cmd[cmd.index("--include") + 1] == "localhost:5,1"
+
+
+def test_without_cuda_visible_devices_the_launcher_keeps_num_gpus(tmp_path):
+    for environ in ({}, {"CUDA_VISIBLE_DEVICES": ""}):
+        cmd = _deepspeed_command(tmp_path, environ)
+        assert cmd[cmd.index("--num_gpus") + 1] == "2" and "--include" not in cmd
+
+
+def test_visible_devices_the_launcher_cannot_use_are_one_clear_error(tmp_path):
+    import pytest
+
+    from ovprof.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="UUIDs"):
+        _deepspeed_command(tmp_path, {"CUDA_VISIBLE_DEVICES": "GPU-8a1b,GPU-77c2"})
+    with pytest.raises(ConfigError, match="fewer than world_size 2"):
+        _deepspeed_command(tmp_path, {"CUDA_VISIBLE_DEVICES": "3"})
+    # torchrun leaves CUDA_VISIBLE_DEVICES alone: nothing to translate
+    cfg = RunConfig(**TINY, world_size=2)
+    cmd = X.worker_command(cfg, ExecOptions(), tmp_path / "s", tmp_path / "o", 29500,
+                           environ={"CUDA_VISIBLE_DEVICES": "GPU-8a1b,GPU-77c2"})
+    assert "torch.distributed.run" in cmd

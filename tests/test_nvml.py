@@ -205,3 +205,53 @@ def test_background_thread_samples(monkeypatch):
         while nvml.samples < 5 and time.monotonic() < deadline:
             time.sleep(0.005)
     assert nvml.samples >= 5
+
+
+# -- MIG: torch's UUID has no prefix; a MIG instance is "MIG-<uuid>" to NVML -------------------------------------
+
+class FakeMigNvml(FakeNvml):
+    """A driver whose only visible device is MIG instance MIG-5f0e (listed without per-process memory)."""
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        if uuid != "MIG-5f0e":
+            raise RuntimeError("Not Found")
+        return "handle-0"
+
+
+def test_torch_uuid_stands_for_a_gpu_or_a_mig_instance(monkeypatch):
+    import torch
+
+    from ovprof.measure.nvml import nvml_uuid_candidates, torch_device_uuids
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid="5f0e"))
+    assert torch_device_uuids(0) == ("GPU-5f0e", "MIG-5f0e")
+    assert nvml_uuid_candidates("MIG-5f0e") == ("MIG-5f0e",)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: 1 / 0)
+    assert torch_device_uuids(0) == ()  # no CUDA: the sampler falls back to the index
+
+
+def test_a_mig_instance_is_found_by_its_mig_uuid(monkeypatch):
+    fake = FakeMigNvml(used_bytes=[7, 9], processes=[[me(None)], [me(None)]])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    with NvmlSampler(device_index=0, uuid=("GPU-5f0e", "MIG-5f0e"), interval_s=NEVER_S) as nvml:
+        pass
+    assert (nvml.uuid, nvml.mig, nvml.device_peak_bytes) == ("MIG-5f0e", True, 9)
+    assert nvml.process_peak_bytes is None and "on MIG instance MIG-5f0e" in nvml.null_reason
+
+
+def test_a_full_gpu_is_still_found_by_its_gpu_uuid(monkeypatch):
+    fake = FakeNvml(used_bytes=[5, 6], processes=[[me(3)], [me(4)]])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    with NvmlSampler(device_index=7, uuid=("GPU-abc", "MIG-abc"), interval_s=NEVER_S) as nvml:
+        pass
+    assert (nvml.uuid, nvml.mig, nvml.device_peak_bytes, nvml.null_reason) == ("GPU-abc", False, 6, None)
+
+
+def test_an_unmapped_mig_instance_says_why_in_the_null_reason(monkeypatch):
+    fake = FakeNvml(used_bytes=[], processes=[])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    with NvmlSampler(device_index=0, uuid=("GPU-77aa", "MIG-77aa"), interval_s=NEVER_S) as nvml:
+        pass
+    assert nvml.device_peak_bytes is None and fake.shutdown_calls == 1
+    assert nvml.null_reason.startswith("NVML device uuid GPU-77aa or MIG-77aa (a MIG instance is only found by "
+                                       "a driver >= R470")

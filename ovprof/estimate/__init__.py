@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ovprof.config import RunConfig
+from ovprof.config import RunConfig, optimizer_impl
 
 METHODS = ("fake", "analytic")
 ATTENTION = ("flash", "native", "math")  # analytic treats native as flash (see analytic.py)
@@ -37,6 +37,7 @@ class Estimate:
     backward_bytes: int
     optimizer_bytes: int
     flops_per_step: int
+    optimizer_impl: str  # torch AdamW's implementation the optimizer term models (config.optimizer_impl)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -58,14 +59,15 @@ def estimate(cfg: RunConfig, method: str = "fake", attention: str = "flash") -> 
 
     c = cfg.resolved()
     step = model_step(c, method, attention)
-    z = zero_memory(step, zero=c.zero, world_size=c.world_size, precision=c.precision, bucket_elems=c.bucket_elems)
+    z = zero_memory(step, zero=c.zero, world_size=c.world_size, precision=c.precision, bucket_elems=c.bucket_elems,
+                    optimizer_impl=optimizer_impl(c))
     return Estimate(
         method=method, attention=attention, peak_bytes=z.peak_bytes, peak_phase=z.peak_phase,
         parameters_bytes=z.parameters_bytes, gradients_bytes=z.gradients_bytes,
         optimizer_state_bytes=z.optimizer_state_bytes, inputs_bytes=z.inputs_bytes, bucket_bytes=z.bucket_bytes,
         activations_bytes=step.activation_bytes, logits_bytes=step.logits_bytes if method == "analytic" else None,
         forward_bytes=z.forward_bytes, backward_bytes=z.backward_bytes, optimizer_bytes=z.optimizer_bytes,
-        flops_per_step=step_flops(c).total,
+        flops_per_step=step_flops(c).total, optimizer_impl=optimizer_impl(c),
     )
 
 

@@ -150,4 +150,5 @@ def model_step(cfg: RunConfig, attention: str = "native") -> ModelStep:
         input_bytes=tr.start_breakdown_bytes["inputs"],
         param_count=sum(p.numel() for p in params),
         max_param_numel=max(p.numel() for p in params),
+        param_numels=tuple(p.numel() for p in params),  # DeepSpeed hands AdamW model.parameters() in this order
     )

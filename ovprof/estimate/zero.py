@@ -25,15 +25,30 @@ Added during a step, over that:
             are copied into the bucket as they appear), plus the bucket G*gb
             from the moment the first gradient lands (when DeepSpeed allocates it)
   optimizer ZeRO 0: gradients pb*P (+ fp32 copies 4P in 16-bit) + torch
-            AdamW's foreach temporaries, 2 x the largest fp32 tensor it steps
+            AdamW's temporaries over the per-parameter fp32 tensors it steps
             ZeRO 1-3: the fp32 gradient partition 4P/W + AdamW temporaries over
-            the flat partition 2 x 4P/W
+            the one flat fp32 partition of 4P/W bytes it steps
+AdamW's temporaries depend on its implementation (`config.optimizer_impl`;
+torch >= 2.5, no amsgrad, not capturable), the same on CPU and CUDA:
+  for-loop  one tensor at a time: sqrt(v) and sqrt(v) / bias correction
+            coexist (8n for a tensor of n elements), while the previous
+            tensor's `denom` (4n', a local rebound only afterwards) is still
+            alive: the maximum of 8 n_j + 4 n_(j-1) over the stepping order
+            (ovprof's default; ZeRO 0: exact from the parameters' order by fake
+            execution, 8 x the largest parameter by the analytic method, short
+            by 4 x the one stepped before it; ZeRO 1-3: 8P/W)
+  foreach   sqrt(v) of every tensor at once, the rest in place: 4 bytes x all
+            the elements stepped (ZeRO 0: 4P, ZeRO 1-3: 4P/W)
+Left to itself (foreach=None) torch runs for-loop on CPU and foreach on CUDA,
+4P more at ZeRO 0 on the GPU; ovprof's DeepSpeed config always names one.
 The peak is the resident state plus the largest phase.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ovprof.config import DEFAULT_OPTIMIZER_IMPL
 
 DEEPSPEED_DEFAULT_BUCKET_ELEMS = 500_000_000
 DEEPSPEED_DEFAULT_MAX_LIVE_PARAMETERS = 1_000_000_000  # stage3_max_live_parameters
@@ -53,6 +68,8 @@ class ModelStep:
     logits_bytes: int = 0  # the caption head's logits (part of activations), for the breakdown
     # backward_no_grad_bytes from the first parameter gradient on (None: not known, assume the whole backward)
     backward_no_grad_after_first_grad_bytes: int | None = None
+    # every parameter's numel in the order the optimizer steps them (empty: not known, only the largest)
+    param_numels: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,19 +97,36 @@ class ZeroMemory:
         return self.resident_bytes + max(self.forward_bytes, self.backward_bytes, self.optimizer_bytes)
 
 
+def adamw_temporaries_bytes(impl: str, *, stepped_numel: int, largest_numel: int,
+                            numels: tuple[int, ...] = ()) -> int:
+    """What torch's AdamW step allocates over the fp32 tensors it steps, beyond its state (module docstring).
+    `numels`: the tensors' sizes in stepping order, when known (else only the largest is)."""
+    if impl == "foreach":
+        return 4 * stepped_numel
+    if impl == "for-loop":
+        if numels:
+            return max(8 * n + 4 * prev for prev, n in zip((0, *numels), numels))
+        return 8 * largest_numel
+    raise ValueError(f"unknown AdamW implementation {impl!r}")
+
+
 def zero_memory(step: ModelStep, *, zero: int, world_size: int, precision: str,
-                bucket_elems: int | None) -> ZeroMemory:
+                bucket_elems: int | None, optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL) -> ZeroMemory:
     P, W = step.param_count, world_size
     pb = 4 if precision == "fp32" else 2
     G = DEEPSPEED_DEFAULT_BUCKET_ELEMS if bucket_elems is None else bucket_elems
     bucket = G * pb
     grads_full = pb * P
     forward = step.forward_bytes
+    # ZeRO 1-3 step one flat fp32 partition per rank
+    flat_temps = adamw_temporaries_bytes(optimizer_impl, stepped_numel=P // W, largest_numel=P // W)
     if zero == 0:
         params, grads_res = pb * P, 0
         opt = 8 * P + (4 * P if pb == 2 else 0)
         backward = max(step.backward_bytes, 2 * grads_full)
-        optimizer = grads_full + (4 * P if pb == 2 else 0) + 2 * 4 * step.max_param_numel
+        temps = adamw_temporaries_bytes(optimizer_impl, stepped_numel=P, largest_numel=step.max_param_numel,
+                                        numels=step.param_numels)
+        optimizer = grads_full + (4 * P if pb == 2 else 0) + temps
         bucket_used = 0
     elif zero in (1, 2):
         params, grads_res = pb * P, 0
@@ -100,7 +134,7 @@ def zero_memory(step: ModelStep, *, zero: int, world_size: int, precision: str,
         after = step.backward_no_grad_after_first_grad_bytes
         backward = (bucket + step.backward_no_grad_bytes if after is None
                     else max(step.backward_no_grad_bytes, bucket + after))
-        optimizer = 12 * P // W
+        optimizer = 4 * P // W + flat_temps
         bucket_used = bucket
     else:
         params = pb * P // W
@@ -111,7 +145,7 @@ def zero_memory(step: ModelStep, *, zero: int, world_size: int, precision: str,
         gathered = pb * min(P, DEEPSPEED_DEFAULT_MAX_LIVE_PARAMETERS) if W > 1 else 0
         forward = step.forward_bytes + gathered
         backward = max(step.backward_bytes, 2 * grads_full) + gathered
-        optimizer = 12 * P // W
+        optimizer = 4 * P // W + flat_temps
         bucket_used = bucket
     return ZeroMemory(parameters_bytes=params, gradients_bytes=grads_res, optimizer_state_bytes=opt,
                       inputs_bytes=step.input_bytes, forward_bytes=forward, backward_bytes=backward,

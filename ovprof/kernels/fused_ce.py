@@ -129,12 +129,25 @@ class ChunkedLinearCE(torch.autograd.Function):
 
 
 # ---- Triton --------------------------------------------------------------------------------------------------------
+TRITON_MIN_VERSION = "3.4"  # triton.knobs (the interpreter switch) and the kernels' language features; pyproject
+
+
+def _knobs(triton):
+    """triton.knobs, or the one-line error naming the version it needs (older triton has no knobs)."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is None:
+        raise RuntimeError(f"loss_impl=triton needs triton >= {TRITON_MIN_VERSION} (found "
+                           f"{getattr(triton, '__version__', 'unknown')}, which has no triton.knobs); upgrade "
+                           "triton or use loss_impl=chunked")
+    return knobs
+
+
 def _interpret_mode() -> bool:
     try:
         import triton
     except ImportError:
         return False
-    return bool(triton.knobs.runtime.interpret)
+    return bool(_knobs(triton).runtime.interpret)
 
 
 @functools.cache
@@ -144,7 +157,7 @@ def _kernels(interpret: bool):
     from ovprof.kernels import _triton_ce as src
 
     # triton.jit reads TRITON_INTERPRET now; the cache key keeps one wrapping per mode.
-    assert bool(triton.knobs.runtime.interpret) == interpret
+    assert bool(_knobs(triton).runtime.interpret) == interpret
     return triton.jit(src.linear_ce_fwd), triton.jit(src.linear_ce_bwd)
 
 

@@ -1,22 +1,29 @@
 """One object per measurement source: each owns its reset, its read-out and the metric names it emits.
 
     sink = MetricSink()
-    monitors = [AllocatorMonitor(device), NvmlMonitor(device, local_rank), RssMonitor()]
-    for m in monitors: m.start()          # before warm-up (NVML's sampler thread)
+    monitors = [AllocatorMonitor(device), RssMonitor()]
+    for m in monitors: m.prepare()        # after warm-up, before one untimed step (CUDA: empty the cache)
+    ... one untimed step ...
     for m in monitors: m.reset()          # right before the timed steps
-    ... timed steps ...
+    ... timed steps: nothing else runs ...
     for m in monitors: m.read(sink)       # right after them
+    NvmlMonitor(device, local_rank).sample(step, sync, NVML_STEPS, sink)  # its own untimed steps
 
-The worker (ovprof/runner/worker.py) drives them. A monitor whose source this
-machine lacks (no CUDA: no caching allocator, no NVML) emits each of its
-registered metrics as null with the reason, so a record never lacks a name and
-never holds a guess. Every name goes through `MetricSink`, which refuses one
-that ovprof/metrics.py does not declare.
+The worker (ovprof/runner/worker.py, `measure_steps`) drives them in that
+order. NVML is polled by a background thread, so it never runs during the timed
+steps: it samples separate untimed steps of the same kind after them, with the
+caching allocator's pool as the timed steps left it, and times those steps so
+that its overhead is on the record. A monitor whose source this machine lacks
+(no CUDA: no caching allocator, no NVML) emits each of its registered metrics
+as null with the reason, so a record never lacks a name and never holds a
+guess. Every name goes through `MetricSink`, which refuses one that
+ovprof/metrics.py does not declare.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 from typing import Any
 
 from ovprof import metrics as M
@@ -92,21 +99,38 @@ class StepTimer:
 
 
 class AllocatorMonitor:
-    """CUDA caching allocator: peak allocated/reserved, retries and OOMs over the timed steps."""
+    """CUDA caching allocator: peak allocated/reserved, retries and OOMs over the timed steps.
+
+    `torch.cuda.reset_peak_memory_stats` sets each peak to the current value, so memory cached during
+    start-up and warm-up (ZeRO 1/2's flatten copy among it) would stay in `peak_reserved_bytes`; and it leaves
+    `num_alloc_retries` / `num_ooms` alone. Hence `prepare()` empties the cache before one untimed step (which
+    fills it back to what a step needs), and `reset()` resets the peaks and the accumulated counters."""
 
     source = "allocator"
 
     def __init__(self, device=None):
         self.device = device  # a CUDA device, or None on a machine without one
+        self.reserved_warmup: int | None = None
+        self.reserved_at_reset: int | None = None
 
-    def start(self) -> None:
-        pass
-
-    def reset(self) -> None:
+    def prepare(self) -> None:
+        """After warm-up, before the untimed step: release what start-up and warm-up left cached."""
         if self.device is not None:
             import torch
 
+            torch.cuda.synchronize(self.device)
+            self.reserved_warmup = int(torch.cuda.memory_reserved(self.device))
+            torch.cuda.empty_cache()
+
+    def reset(self) -> None:
+        """Right before the timed steps: every peak and counter covers them only."""
+        if self.device is not None:
+            import torch
+
+            torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            torch.cuda.reset_accumulated_memory_stats(self.device)  # num_alloc_retries, num_ooms
+            self.reserved_at_reset = int(torch.cuda.memory_reserved(self.device))
 
     def read(self, sink: MetricSink) -> None:
         if self.device is None:
@@ -116,50 +140,47 @@ class AllocatorMonitor:
 
         for k, v in cuda_memory_metrics(self.device).items():
             sink.set(k, v)
-
-    def stop(self) -> None:
-        pass
+        for name, value in (("reserved_warmup_bytes", self.reserved_warmup),
+                            ("reserved_at_reset_bytes", self.reserved_at_reset)):
+            if value is None:
+                sink.null(name, "no settle step before the timed steps")
+            else:
+                sink.set(name, value)
 
 
 class NvmlMonitor:
-    """NVML's process and device memory, sampled by a background thread (ovprof/measure/nvml.py)."""
+    """NVML's process and device memory, sampled by a background thread (ovprof/measure/nvml.py) over untimed
+    steps of their own, so the thread never polls the driver during the timed steps."""
 
     source = "nvml"
 
-    def __init__(self, device=None, local_rank: int = 0):
-        self.device, self.local_rank = device, local_rank
-        self.sampler = None
+    def __init__(self, device=None, local_rank: int = 0, interval_s: float = 0.01):
+        self.device, self.local_rank, self.interval_s = device, local_rank, interval_s
 
-    def start(self) -> None:
+    def sample(self, step, sync, steps: int, sink: MetricSink) -> None:
+        """Run `steps` steps with the sampler polling; emit its peaks and those steps' median time."""
         if self.device is None:
-            return
-        from ovprof.measure.nvml import NvmlSampler, torch_device_uuid
-
-        # NVML indexes ignore CUDA_VISIBLE_DEVICES: follow the torch device by UUID.
-        self.sampler = NvmlSampler(device_index=self.local_rank, uuid=torch_device_uuid(self.local_rank))
-        self.sampler.__enter__()
-
-    def reset(self) -> None:
-        if self.sampler is not None:
-            self.sampler.reset()
-
-    def read(self, sink: MetricSink) -> None:
-        if self.sampler is None:
             sink.null_source(self.source, NO_CUDA)
             return
-        self.stop()
-        s = self.sampler
+        from ovprof.measure.nvml import NvmlSampler, torch_device_uuids
+
+        # NVML indexes ignore CUDA_VISIBLE_DEVICES: follow the torch device by UUID.
+        times: list[float] = []
+        with NvmlSampler(device_index=self.local_rank, uuid=torch_device_uuids(self.local_rank),
+                         interval_s=self.interval_s) as s:
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                step()
+                sync()
+                times.append((time.perf_counter() - t0) * 1e3)
         for name, value in (("nvml_process_peak_bytes", s.process_peak_bytes),
                             ("nvml_device_peak_bytes", s.device_peak_bytes)):
             if value is None:
                 sink.null(name, s.null_reason or "NVML gave no sample")
             else:
                 sink.set(name, value)
-
-    def stop(self) -> None:
-        if self.sampler is not None and not getattr(self, "_stopped", False):
-            self._stopped = True
-            self.sampler.__exit__(None, None, None)
+        sink.set("nvml_steps", steps)
+        sink.set("nvml_step_time_ms_median", statistics.median(times))
 
 
 def _reset_rss_peak() -> bool:
@@ -191,7 +212,7 @@ class RssMonitor:
     def __init__(self) -> None:
         self._reset_ok = False
 
-    def start(self) -> None:
+    def prepare(self) -> None:
         pass
 
     def reset(self) -> None:
@@ -210,9 +231,6 @@ class RssMonitor:
         from ovprof.measure.memory import peak_rss_bytes_self
 
         sink.set("peak_rss_bytes", peak_rss_bytes_self())
-
-    def stop(self) -> None:
-        pass
 
 
 def read_tracker(tr, steps: int, sink: MetricSink) -> None:

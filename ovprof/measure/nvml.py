@@ -21,7 +21,14 @@ say why in `null_reason`.
 
 `device_index` is NVML's index, which ignores CUDA_VISIBLE_DEVICES and
 CUDA_DEVICE_ORDER; to follow a torch device exactly, pass
-`uuid=torch_device_uuid(torch_index)` instead.
+`uuid=torch_device_uuids(torch_index)` instead.
+
+MIG: torch reports a device's UUID without NVML's prefix, and a MIG instance's
+NVML UUID is "MIG-<uuid>", not "GPU-<uuid>" (drivers >= R470; older ones name
+instances "MIG-GPU-<gpu>/<gi>/<ci>", which torch's UUID cannot be mapped to,
+and the null reason says so). `torch_device_uuids` gives both candidates and
+the sampler takes the one NVML knows. On a MIG instance NVML usually lists
+processes without per-process memory; the null reason names the instance.
 """
 
 from __future__ import annotations
@@ -36,25 +43,35 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def torch_device_uuid(index: int) -> str | None:
-    """NVML-style UUID ("GPU-...") of torch CUDA device `index`, or None if unknown."""
+def nvml_uuid_candidates(uuid: str) -> tuple[str, ...]:
+    """NVML UUIDs a torch device UUID can stand for: a full GPU ("GPU-...") or a MIG instance ("MIG-...")."""
+    if uuid.startswith(("GPU-", "MIG-")):
+        return (uuid,)
+    return (f"GPU-{uuid}", f"MIG-{uuid}")
+
+
+def torch_device_uuids(index: int) -> tuple[str, ...]:
+    """The NVML UUIDs torch CUDA device `index` may have (see nvml_uuid_candidates); () if unknown."""
     try:
         import torch
         uuid = str(torch.cuda.get_device_properties(index).uuid)
     except Exception:  # no CUDA, old torch without .uuid, bad index
-        return None
-    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+        return ()
+    return nvml_uuid_candidates(uuid)
 
 
 class NvmlSampler:
     """Context manager sampling one GPU's used memory and this process's share of it."""
 
     def __init__(self, device_index: int | None = None, *, interval_s: float = 0.01,
-                 uuid: str | None = None):
+                 uuid: str | tuple[str, ...] | list[str] | None = None):
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         self.device_index = device_index
-        self.uuid = uuid
+        # NVML UUIDs to try in order (the first NVML knows wins); None or () falls back to device_index
+        self.uuids: tuple[str, ...] = (uuid,) if isinstance(uuid, str) else tuple(uuid or ())
+        self.uuid: str | None = None  # the UUID NVML resolved
+        self.mig = False  # the device is a MIG instance
         self.interval_s = interval_s
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -103,7 +120,8 @@ class NvmlSampler:
                 if self._process_error is not None:
                     return f"NVML process query failed: {self._process_error}"
                 if self._process_listed:
-                    return "NVML lists the process without per-process memory (usedGpuMemory is None)"
+                    where = f" on MIG instance {self.uuid}" if self.mig else ""
+                    return f"NVML lists the process without per-process memory{where} (usedGpuMemory is None)"
                 return (f"process not listed by NVML (pid {os.getpid()}; in a container NVML "
                         "reports host PIDs)")
             return None
@@ -119,7 +137,7 @@ class NvmlSampler:
         self._stop.clear()
         self._setup_reason = self._device_error = self._process_error = None
         self._clear_maxima()
-        if self.device_index is None and self.uuid is None:
+        if self.device_index is None and not self.uuids:
             self._setup_reason = "no CUDA device"
             return self
         try:
@@ -129,12 +147,15 @@ class NvmlSampler:
             self._setup_reason = f"NVML unavailable: {_describe(exc)}"
             return self
         try:
-            if self.uuid is not None:
-                self._handle = pynvml.nvmlDeviceGetHandleByUUID(self.uuid)
-            else:
-                self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.device_index)
+            self._handle = self._lookup(pynvml)
         except Exception as exc:
-            which = f"uuid {self.uuid}" if self.uuid is not None else f"index {self.device_index}"
+            if self.uuids:
+                which = "uuid " + " or ".join(self.uuids)
+                if any(u.startswith("MIG-") for u in self.uuids):
+                    which += (" (a MIG instance is only found by a driver >= R470, which names it "
+                              "MIG-<uuid>)")
+            else:
+                which = f"index {self.device_index}"
             self._setup_reason = f"NVML device {which} not available: {_describe(exc)}"
             self._shutdown(pynvml)
             return self
@@ -155,6 +176,22 @@ class NvmlSampler:
             nvml, self._nvml, self._handle = self._nvml, None, None
             self._shutdown(nvml)
         return False  # never swallow the caller's exception
+
+    def _lookup(self, pynvml: ModuleType) -> Any:
+        """The NVML handle: the first of `uuids` NVML knows, else `device_index`; raises the last error."""
+        if not self.uuids:
+            return pynvml.nvmlDeviceGetHandleByIndex(self.device_index)
+        error: Exception | None = None
+        for uuid in self.uuids:
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+            except Exception as exc:  # NVMLError_NotFound for the wrong prefix
+                error = exc
+                continue
+            self.uuid, self.mig = uuid, uuid.startswith("MIG-")
+            return handle
+        assert error is not None
+        raise error
 
     @staticmethod
     def _shutdown(nvml: ModuleType) -> None:

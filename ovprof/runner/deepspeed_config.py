@@ -17,7 +17,9 @@ options. `train_batch_size` follows from micro-batch x accumulation x ranks.
 
 The default optimizer is torch's AdamW (`torch_adam`), the same on CPU and CUDA
 and needing no compiled DeepSpeed op; its hyperparameters follow OpenVision 2
-(betas 0.9/0.95, weight decay 0.2).
+(betas 0.9/0.95, weight decay 0.2). Its
+implementation is explicit (`foreach`, from `config.optimizer_impl`): left at
+None, torch would pick foreach on CUDA only, and the step's memory would differ.
 
 Bucket sizes: at ZeRO 2/3 DeepSpeed allocates its reduce bucket in full
 (default 5e8 elements), which dwarfs a small model. `bucket_elems` sets
@@ -31,7 +33,7 @@ import copy
 import json
 from typing import Any
 
-from ovprof.config import RunConfig
+from ovprof.config import RunConfig, optimizer_impl
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -127,6 +129,7 @@ def build(cfg: RunConfig) -> dict[str, Any]:
     if "optimizer" not in base:  # the base's own optimizer, when it has one, is the user's choice
         ours["optimizer"] = {
             "type": "AdamW",
-            "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.2, "torch_adam": True},
+            "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.2, "torch_adam": True,
+                       "foreach": optimizer_impl(c) == "foreach"},
         }
     return deep_merge(base, ours)

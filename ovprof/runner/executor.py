@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
 from ovprof.config import ExecOptions, RunConfig
+from ovprof.errors import ConfigError
 from ovprof.runner.worker import PHASE_MARK, die_with_parent
 
 KILL_GRACE_S = 5.0
@@ -127,7 +128,27 @@ def port_lease(attempts: int = 500) -> Iterator[int]:
 # -- the local, serial executor ----------------------------------------------------------------------------
 
 
-def worker_command(cfg: RunConfig, opts: ExecOptions, spec: Path, result_dir: Path, port: int) -> list[str]:
+def deepspeed_devices(n: int, environ=os.environ) -> list[str]:
+    """DeepSpeed launcher arguments that run `n` local ranks on the devices the user chose.
+
+    With `--num_gpus n` DeepSpeed's runner deletes CUDA_VISIBLE_DEVICES and takes GPUs 0..n-1, whatever the
+    user set; `--include localhost:<ids>` names the devices instead (the first n the variable lists)."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if not visible:
+        return ["--num_gpus", str(n)]
+    ids = [x.strip() for x in visible.split(",") if x.strip()]
+    if not all(x.isdigit() for x in ids):
+        raise ConfigError("DeepSpeed's launcher takes device indices, not UUIDs; use launcher torchrun (which "
+                          "keeps CUDA_VISIBLE_DEVICES as it is) or list indices", key="CUDA_VISIBLE_DEVICES",
+                          value=visible)
+    if len(ids) < n:
+        raise ConfigError(f"lists {len(ids)} devices, fewer than world_size {n}", key="CUDA_VISIBLE_DEVICES",
+                          value=visible)
+    return ["--include", "localhost:" + ",".join(ids[:n])]
+
+
+def worker_command(cfg: RunConfig, opts: ExecOptions, spec: Path, result_dir: Path, port: int,
+                   environ=os.environ) -> list[str]:
     worker = ["-m", "ovprof.runner.worker", "--spec", str(spec), "--result-dir", str(result_dir)]
     n = cfg.world_size
     if n == 1 and not opts.hostfile:
@@ -135,7 +156,7 @@ def worker_command(cfg: RunConfig, opts: ExecOptions, spec: Path, result_dir: Pa
     if opts.launcher == "deepspeed" or opts.hostfile:
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(port)]
         # With a hostfile the ranks are its slots; world_size must equal their sum (checked by DeepSpeed).
-        cmd += ["--hostfile", opts.hostfile] if opts.hostfile else ["--num_gpus", str(n)]
+        cmd += ["--hostfile", opts.hostfile] if opts.hostfile else deepspeed_devices(n, environ)
         return cmd + ["--module", "ovprof.runner.worker", "--spec", str(spec), "--result-dir", str(result_dir)]
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(n),
             "--master_addr", "127.0.0.1", "--master_port", str(port), *worker]

@@ -4,9 +4,12 @@
         python -m ovprof.runner.worker --spec spec.json --result-dir out/
 
 Reads spec.json ({"config": ..., "ds_config": ...}), builds the model, calls
-deepspeed.initialize, runs warm-up steps, then timed steps (nothing else
-running: no tracker, no Python hooks), then `TRACKED_STEPS` more steps under
-the tensor tracker for `peak_tracked_bytes`. Writes rank<r>.json into the
+deepspeed.initialize, runs warm-up steps, then (on CUDA) empties the cache and
+runs one untimed step, resets the allocator's peaks and counters, runs the
+timed steps (nothing else running: no tracker, no Python hooks, no NVML
+thread), then `NVML_STEPS` untimed steps with the NVML sampler (CUDA only) and
+`TRACKED_STEPS` more under the tensor tracker for `peak_tracked_bytes`
+(`measure_steps` has the order). Writes rank<r>.json into the
 result dir with status ok, oom or error; the launcher turns the rank files
 into one record. Exit codes: 0 ok, 3 oom, 1 error.
 """
@@ -31,24 +34,112 @@ PHASES = {
     "build": "building the model",
     "engine": "deepspeed.initialize (optimizer, ZeRO buffers)",
     "warmup": "warm-up steps",
+    "settle": "one untimed step after emptying the CUDA cache",
     "timed": "timed steps",
+    "nvml": "untimed steps sampled by NVML",
     "tracked": "tracked steps (tensor tracker)",
     "done": "writing the result",
 }
+NVML_STEPS = 3  # untimed steps the NVML sampler polls, after the timed ones (CUDA only)
 EXIT_OK, EXIT_ERROR, EXIT_OOM = 0, 1, 3
 
 
-def is_oom(exc: BaseException) -> bool:
-    """Classify by exception type; the CPU allocator raises a plain RuntimeError with a fixed prefix."""
+# cudaErrorMemoryAllocation: the code torch.AcceleratorError carries for "CUDA error: out of memory".
+CUDA_ERROR_MEMORY_ALLOCATION = 2
+# What an allocation failure outside the caching allocator says, when no exception type tells it (lower case):
+OOM_MESSAGES = (
+    "defaultcpuallocator: can't allocate memory",  # the CPU allocator
+    "cuda out of memory",  # the caching allocator, where torch.OutOfMemoryError is not raised (wrapped, re-raised)
+    "cuda error: out of memory",  # the CUDA runtime (a kernel's workspace, a context, cudaMalloc outside torch)
+    "cublas_status_alloc_failed",  # cuBLAS could not allocate its workspace or handle
+)
+
+
+def _is_oom_one(exc: BaseException) -> bool:
     import torch
 
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    msg = str(exc)
     from ovprof.measure.memory import BUDGET_MESSAGE
 
-    return isinstance(exc, RuntimeError) and ("DefaultCPUAllocator: can't allocate memory" in msg
-                                              or "CUDA out of memory" in msg or BUDGET_MESSAGE in msg)
+    # torch.OutOfMemoryError since torch 2.5; torch.cuda.OutOfMemoryError is the same class, and older.
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
+    if isinstance(exc, (MemoryError, *oom_types)):
+        return True
+    accelerator_error = getattr(torch, "AcceleratorError", None)  # torch >= 2.8: CUDA runtime errors, with a code
+    if accelerator_error is not None and isinstance(exc, accelerator_error) \
+            and getattr(exc, "error_code", None) == CUDA_ERROR_MEMORY_ALLOCATION:
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    msg = str(exc).lower()
+    if BUDGET_MESSAGE in str(exc) or any(m in msg for m in OOM_MESSAGES):
+        return True
+    # cuBLAS creates its handle lazily, at the first matmul on a device; on a full device that fails with
+    # NOT_INITIALIZED (cuBLAS cannot allocate its context). Elsewhere NOT_INITIALIZED is not an OOM.
+    if "cublas_status_not_initialized" in msg and "cublascreate" in msg:
+        return True
+    # NCCL: "unhandled cuda error" is any CUDA failure inside NCCL; its "Last error" names the cause.
+    if "unhandled cuda error" in msg or "ncclunhandledcudaerror" in msg:
+        # e.g. "Last error:\nCuda failure 2 'out of memory'" or "Failed to CUDA calloc 10485760 bytes"
+        return any(m in msg for m in ("out of memory", "failed to cuda calloc", "failed to cuda malloc"))
+    return False
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether a failure means "this point does not fit in memory", by exception type where torch gives one,
+    by message where it does not (cuBLAS, the CUDA runtime without a code, NCCL). Follows the chain of causes,
+    so an OOM re-raised inside another exception still counts."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if _is_oom_one(e):
+            return True
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return False
+
+
+def measure_steps(step, sync, *, steps: int, timer, monitors, nvml, sink, settle: bool,
+                  skipped_steps=lambda: None, on_phase=lambda phase: None) -> None:
+    """The measured part of a run, after warm-up, in this order (ovprof/measure/monitors.py):
+
+    settle  (CUDA) synchronize; each monitor's prepare() (the allocator empties its cache); one untimed step,
+            which fills the cache back to what a step needs; synchronize
+    reset   each monitor's reset() (the allocator's peaks and accumulated counters, the RSS high-water mark)
+    timed   `steps` steps, each ended by a synchronize; nothing else runs (no tracker, no NVML thread)
+    read    the timer, the monitors, and how many timed steps fp16 loss scaling skipped
+    nvml    NVML_STEPS untimed steps of the same kind with the NVML sampler polling, timed on their own
+    """
+    if settle:
+        on_phase("settle")
+        sync()
+        for m in monitors:
+            m.prepare()
+        step()
+        sync()
+    for m in monitors:
+        m.reset()
+    on_phase("timed")
+    skipped_before = skipped_steps()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        timer.add((time.perf_counter() - t0) * 1e3)
+    skipped = None if skipped_before is None else skipped_steps() - skipped_before
+    timer.read(sink)
+    for m in monitors:
+        m.read(sink)
+    if skipped is None:
+        sink.null("skipped_steps", "the engine does not count skipped steps (no skipped_steps attribute)")
+    else:
+        sink.set("skipped_steps", skipped)
+        if skipped:
+            # A skipped step ran forward and backward but no optimizer update: faster than a real one.
+            sink.null("mfu", f"{skipped} of {steps} timed steps were skipped by fp16 loss scaling (overflow), so "
+                             "the step times understate a training step; see skipped_steps")
+    on_phase("nvml")
+    nvml.sample(step, sync, NVML_STEPS, sink)
 
 
 def die_with_parent() -> None:
@@ -95,9 +186,9 @@ class Runner:
 
     def run(self) -> None:
         self.phase = "imports"
-        import torch
-
         import importlib
+
+        import torch
 
         import deepspeed
         from ovprof import objectives
@@ -150,9 +241,6 @@ class Runner:
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         cuda_device = device if cuda else None
         rss = RssMonitor()
-        monitors = [AllocatorMonitor(cuda_device), NvmlMonitor(cuda_device, self.local_rank), rss]
-        for m in monitors:
-            m.start()
         peak, mfu_reason = self._peak_tflops(c, cuda)
         timer = StepTimer(samples_per_step=c.batch * c.world_size, flops_per_step=objectives.step_flops(c).total,
                           peak_tflops=peak, mfu_null_reason=mfu_reason)
@@ -166,18 +254,9 @@ class Runner:
                 step()
         sync()
 
-        # Timed steps: nothing but the training step runs (the monitors were reset just before).
-        self.phase = "timed"
-        for m in monitors:
-            m.reset()
-        for _ in range(c.steps):
-            t0 = time.perf_counter()
-            step()
-            sync()
-            timer.add((time.perf_counter() - t0) * 1e3)
-        timer.read(sink)
-        for m in monitors:
-            m.read(sink)
+        measure_steps(step, sync, steps=c.steps, timer=timer, monitors=[AllocatorMonitor(cuda_device), rss],
+                      nvml=NvmlMonitor(cuda_device, self.local_rank), sink=sink, settle=cuda,
+                      skipped_steps=lambda: getattr(engine, "skipped_steps", None), on_phase=self._set_phase)
 
         # Tracked steps: the exact live-tensor peak of a steady-state step.
         self.phase = "tracked"
@@ -188,6 +267,9 @@ class Runner:
         rss.read_life(sink)
         sink.set("param_count", sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters()))
         self.phase = "done"
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
 
     def _peak_tflops(self, c, cuda: bool) -> tuple[float | None, str | None]:
         if not cuda:
