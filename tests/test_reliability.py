@@ -361,3 +361,25 @@ def test_load_records_one_row_per_run_id_with_flattened_columns():
     assert latest.set_index("run_id").loc[rid, "started_at"] == twice["started_at"].iloc[-1]
     mb = ovprof.load_records(fixture, kind="max_batch")
     assert len(mb) == 2 and "max_batch" in mb.columns
+
+
+def test_a_stale_build_lock_is_removed_and_a_live_one_kept(tmp_path, monkeypatch):
+    from ovprof.runner import extensions as E
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale, live, fresh = (tmp_path / n / "lock" for n in ("cpu_adam", "busy_op", "new_op"))
+    for lock in (stale, live, fresh):
+        lock.parent.mkdir()
+        lock.write_text("")
+    old = time.time() - 600
+    for lock in (stale, live):
+        os.utime(lock, (old, old))
+    builder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=live.parent)
+    try:
+        said = []
+        assert E.clear_stale_locks(warn=said.append) == [stale]
+        assert not stale.exists() and live.exists() and fresh.exists()
+        assert len(said) == 1 and str(stale) in said[0]
+    finally:
+        builder.kill()
+        builder.wait()

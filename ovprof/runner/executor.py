@@ -251,8 +251,11 @@ class LocalExecutor:
             yield self.run_one(job)
 
     def run_one(self, job: Job) -> JobResult:
+        from ovprof.runner.extensions import clear_stale_locks
+
         cfg, opts = job.config, job.opts
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
+        clear_stale_locks(warn=lambda msg: (sys.stderr.write(f"warning: {msg}\n"), sys.stderr.flush()))
         out = JobResult(job=job, started_at=_now())
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"ovprof-{cfg.run_id}-") as tmp, port_lease() as port:
