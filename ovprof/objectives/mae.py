@@ -221,7 +221,9 @@ def activation_terms(cfg: "RunConfig", attention: str = "flash") -> ActivationTe
     return ActivationTerms(kept_bytes=kv + kd + loss, transient_bytes=max(tv, td), logits_tokens=0, head_width=0,
                            input_bytes=_common.input_bytes(c, b, ()),
                            max_param_numel=max(e.width * e.mlp, N * e.width, d.width * d.mlp, (C + N) * d.width,
-                                               e.width * d.width, d.width * P))
+                                               e.width * d.width, d.width * P),
+                           # backward of the square: the mean's expanded gradient, 2 x diff, their product
+                           loss_grad_bytes=3 * loss)
 
 
 def make_objective(name: str, label: str, summary: str, recipe: Recipe) -> _common.Objective:
