@@ -191,3 +191,23 @@ def test_zero_stages_and_two_ranks_run_ok(tmp_path, tiny, objective, kw):
     assert rec.status == "ok", rec.error
     assert rec.derived["kept_tokens"] == cfg.kept_tokens and rec.config["mask_position"] == "encoder"
     assert rec.derived["params"] == model_params(cfg)
+
+
+# ---- the report ---------------------------------------------------------------------------------
+def test_the_families_report_groups_by_family_and_leaves_the_savings_table_alone():
+    from conftest import ROOT
+    from ovprof.report.load import load
+    from ovprof.report.tables import build
+
+    data = load([ROOT / "reports/families/records/families.jsonl"])
+    tables = build(data)
+    fam = tables["families"].frame
+    assert set(fam["family"]) == {"contrastive", "captioning", "pixel"}
+    assert set(fam["encoder_res"]) == {"vit-debug@64", "vit-s16@128"}
+    pixio = fam[fam["variant"].str.startswith("pixio mask 0.75") & (fam["encoder_res"] == "vit-s16@128")].iloc[0]
+    assert "mask_grid 4" in pixio["variant"] and "cls_tokens 8" in pixio["variant"]
+    assert pixio["visual_tokens_kept"] == "16/64" and pixio["peak_tracked_gib"] > 0
+    assert pixio["total_params_m"] == pytest.approx(model_params(RunConfig(
+        objective="pixio", encoder="vit-s16", res=128))["total"] / 1e6)
+    sav = tables["savings"].frame  # OpenVision vs caption-only: no pixel run, no pixel field in its labels
+    assert len(sav) == 2 and not sav["other_settings"].str.contains("mask_grid|cls_tokens|pixel_decoder").any()

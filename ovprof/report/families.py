@@ -65,6 +65,7 @@ def families_table(data: Data, ctx: Context) -> Table:
     sources = memory_sources(runs)
     owned = set(objectives.owned_fields())
     fields = [k for k in (*SETTING_FIELDS, *ENV_FIELDS) if k not in owned]
+    ctx = Context(tuple(k for k in ctx.varying if k not in owned))  # the variant column shows those
     order = {f: i for i, f in enumerate((*objectives.FAMILIES, UNKNOWN))}
     rows = []
     if len(runs):
