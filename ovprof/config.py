@@ -43,13 +43,15 @@ def optimizer_impl(cfg: "RunConfig") -> str:
 class RunConfig:
     """One measured point. Every field changes what is measured, so all enter run_id."""
 
-    objective: str = "caption"  # caption (OpenVision 2) | clip | openvision (OpenVision 1); see models --objectives
+    # caption (OpenVision 2) | clip | openvision (OpenVision 1) | mae | pixio; see `ovprof models --objectives`
+    objective: str = "caption"
     encoder: str = "vit-debug"  # vision preset, see `ovprof models`
     text_encoder: str = "auto"  # text tower for clip/openvision; auto pairs it with the encoder
     decoder: str = "auto"  # caption decoder for caption/openvision; auto = dec-l (dec-debug for vit-debug)
     res: int = 0  # image side in pixels; 0 = the encoder's native resolution
-    mask_ratio: float = 0.0  # share of visual tokens dropped, in [0, 1); 0 = no masking
-    mask_position: str = "decoder"  # decoder: drop encoder outputs (OpenVision 2); encoder: drop patches (FLIP)
+    mask_ratio: float = 0.0  # share of visual tokens dropped, in [0, 1); 0 = no masking (mae/pixio: their 0.75)
+    # decoder: drop encoder outputs (OpenVision 2); encoder: drop patches (FLIP; mae/pixio always)
+    mask_position: str = "decoder"
     batch: int = 8  # micro-batch per rank (images)
     world_size: int = 1  # ranks (processes), one device each
     zero: int = 0  # DeepSpeed ZeRO stage 0-3
@@ -58,7 +60,7 @@ class RunConfig:
     warmup: int = 3  # untimed steps before them
     seed: int = 0  # synthetic data and init seed
     checkpointing: bool = False  # activation checkpointing on the vision encoder's blocks (as both papers)
-    checkpointing_text: bool = False  # ... and on the text encoder's and decoder's blocks
+    checkpointing_text: bool = False  # ... and on the text encoder's and decoder's blocks (caption or pixel)
     vocab_size: int = 32000  # tokenizer size of the papers
     caption_len: int = 128  # synthetic caption tokens the decoder predicts (papers: 128)
     text_len: int = 80  # text-encoder context (OpenVision: 80)
@@ -68,6 +70,12 @@ class RunConfig:
     bucket_elems: int | None = None  # DeepSpeed reduce/allgather bucket (elements); None = DeepSpeed default 5e8
     memory_budget_gib: float | None = None  # emulate a smaller device (per rank); None = the device's own
     ds_config_base: str = "{}"  # user's base DeepSpeed config, canonical JSON; ours is merged over it
+    # The pixel objectives' own fields (mae, pixio: ovprof/objectives/mae.py); any other objective refuses a
+    # value other than the default. Defaults resolve per objective (MAE's, or Pixio's).
+    pixel_decoder: str = "auto"  # pixel decoder preset; auto = dec-mae (MAE), dec-pixio (Pixio), debug for vit-debug
+    mask_grid: int = 0  # masking block side in patches (1 = per patch); 0 = MAE 1, Pixio 4; must divide the grid
+    cls_tokens: int | None = None  # learned class tokens of the encoder; none = MAE 1, Pixio 8
+    norm_pix_loss: bool = True  # pixel targets normalised per patch (MAE's norm_pix_loss, Pixio's default)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -82,7 +90,10 @@ class RunConfig:
             changes["decoder"] = presets.auto_decoder(self.encoder)
         if self.res == 0:
             changes["res"] = enc.native_res
-        return dataclasses.replace(self, **changes) if changes else self
+        c = dataclasses.replace(self, **changes) if changes else self
+        # then the objective's own "auto" values (e.g. mae's mask ratio, pixel decoder, class tokens)
+        own = objectives.get(c.objective).resolve(c)
+        return dataclasses.replace(c, **own) if own else c
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,8 +117,10 @@ class RunConfig:
 
     @property
     def kept_tokens(self) -> int:
-        """Visual tokens kept per sample after masking: round(N * (1 - mask_ratio)), at least 1."""
-        return max(1, round(self.num_patches * (1.0 - self.mask_ratio)))
+        """Visual tokens kept per sample after masking, as the objective masks: round(N * (1 - mask_ratio)), at
+        least 1, for random per-token masking; whole blocks for mae/pixio."""
+        r = self.resolved()
+        return objectives.get(r.objective).kept_tokens(r)
 
     @property
     def uses_text_encoder(self) -> bool:
@@ -133,7 +146,7 @@ FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 # Fields added after records and baselines were written, whose default reproduces what ran before they existed.
 # At its default such a field is left out of run_id, so existing stores resume and match as they did. Add each
 # new field here (docs/architecture.md, "Add a sweep axis"); never remove one.
-ID_STABLE_FIELDS: tuple[str, ...] = ()
+ID_STABLE_FIELDS: tuple[str, ...] = ("pixel_decoder", "mask_grid", "cls_tokens", "norm_pix_loss")
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunConfig)}  # the one copy of the defaults
 _FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
 
@@ -196,6 +209,11 @@ def validate(c: RunConfig) -> None:
     _check(c.caption_len >= 2, "caption_len", c.caption_len, "must be >= 2 (one token is predicted from another)")
     _check(c.text_len >= 1, "text_len", c.text_len, "must be >= 1")
     _check(c.res >= 0, "res", c.res, "must be a positive number of pixels (0 = native)")
+    for key, owners in objectives.owned_fields().items():  # a field this objective does not read stays default
+        value = getattr(c, key)
+        if c.objective not in owners and value != DEFAULTS[key]:
+            raise ConfigError(f"applies to {', '.join(owners)} only; {c.objective} does not read it", key=key,
+                              value=value, hint=f"leave it at {DEFAULTS[key]!r} or drop the point")
     if c.res:
         patch = presets.ENCODERS[c.encoder].patch
         # Not a multiple is fine (SoViT-400M/14@384 has 27 x 27 patches; the stride drops the rest).

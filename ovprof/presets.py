@@ -49,6 +49,14 @@ ENCODERS: dict[str, EncoderSpec] = {
         _enc("vit-so400m14", 1152, 27, 4304, 16, 14, 384, 428_000_000, head=True),
         _enc("vit-h14", 1280, 32, 5120, 16, 14, 224, 632_000_000),
         _enc("vit-g14", 1408, 40, 6144, 16, 14, 224, 1_010_000_000),
+        # Pixio's encoders (pretraining/models_pixio.py: patch 16, MLP ratio 4, 256 px). H/16's 631M is the
+        # figure the Pixio review quotes; we compare the tower as ovprof builds it (patch embedding, a 16 x 16
+        # position embedding, 32 blocks, final norm: 630.99M), without Pixio's 8 class tokens and their
+        # position rows (8 x 2 x 1280 = 20k, 0.003%): the figure cannot tell them apart. No source we have
+        # gives a count for 1B/16 or 5B/16 (about 1.36B and 5.44B as built), so they are unknown.
+        _enc("vit-h16", 1280, 32, 5120, 16, 16, 256, 631_000_000),
+        _enc("vit-1b16", 1536, 48, 4 * 1536, 24, 16, 256, None),
+        _enc("vit-5b16", 3072, 48, 4 * 3072, 32, 16, 256, None),
     )
 }
 
@@ -78,11 +86,27 @@ DECODERS: dict[str, TowerSpec] = {
     )
 }
 
+# Pixel decoders (MAE and Pixio: the decoder sees every position, mask tokens at the dropped ones, and a
+# linear head predicts each patch's pixels). MAE: 512 wide, 8 blocks, 16 heads, MLP ratio 4 (He et al. 2022);
+# Pixio: the same width, 32 blocks (pretraining/models_pixio.py).
+PIXEL_DECODERS: dict[str, TowerSpec] = {
+    t.name: t
+    for t in (
+        TowerSpec("dec-pixel-debug", 64, 2, 256, 2),
+        TowerSpec("dec-mae", 512, 8, 2048, 16),
+        TowerSpec("dec-pixio", 512, 32, 2048, 16),
+    )
+}
+
+# The reference is silent for Pixio's H/16, 1B/16 and 5B/16; we pair them like H/14 and g/14 (text-h).
 _AUTO_TEXT = {
     "vit-debug": "text-debug",
     "vit-so400m14": "text-so400m",
     "vit-h14": "text-h",
     "vit-g14": "text-h",
+    "vit-h16": "text-h",
+    "vit-1b16": "text-h",
+    "vit-5b16": "text-h",
 }
 
 
@@ -99,3 +123,8 @@ def auto_decoder(encoder: str) -> str:
     analytic FLOPs reproduce the paper's table; override with decoder=dec-l.
     """
     return {"vit-debug": "dec-debug", "vit-so400m14": "dec-so400m"}.get(encoder, "dec-l")
+
+
+def auto_pixel_decoder(encoder: str, default: str) -> str:
+    """The objective's pixel decoder (dec-mae for MAE, dec-pixio for Pixio), dec-pixel-debug for vit-debug."""
+    return "dec-pixel-debug" if encoder == "vit-debug" else default

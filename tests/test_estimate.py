@@ -24,6 +24,10 @@ ANALYTIC_VS_FAKE_BOUND = 0.15
     dict(objective="clip", encoder="vit-b16", batch=8, zero=1, bucket_elems=10**7),
     dict(objective="caption", encoder="vit-b16", batch=4, checkpointing=True, precision="bf16"),
     dict(objective="openvision", encoder="vit-debug", batch=4, vocab_size=512, caption_len=16, text_len=8),
+    dict(objective="mae", encoder="vit-b16", batch=128, precision="bf16"),  # activations dominate
+    dict(objective="pixio", encoder="vit-b16", batch=64, precision="bf16"),
+    dict(objective="pixio", encoder="vit-s16", res=128, batch=8, zero=3, bucket_elems=10**7),
+    dict(objective="mae", encoder="vit-debug", batch=64, checkpointing=True, checkpointing_text=True),
 ])
 def test_analytic_and_fake_peaks_agree_within_the_stated_bound(kw):
     cfg = RunConfig(**kw)
@@ -56,6 +60,9 @@ def test_masking_and_zero_move_the_estimate_the_right_way():
     dict(objective="clip", zero=1, bucket_elems=2_000_000, mask_position="encoder", mask_ratio=0.25),
     dict(objective="caption", zero=0, loss_impl="chunked", vocab_size=8192, caption_len=48),
     dict(objective="caption", zero=3, world_size=2, bucket_elems=500_000),  # gathered parameters stay live
+    dict(objective="mae", zero=0, batch=32),  # the pixel loss's gradients at the start of backward
+    dict(objective="pixio", zero=3, bucket_elems=2_000_000),
+    dict(objective="mae", zero=2, bucket_elems=2_000_000, batch=32, checkpointing=True),
 ])
 def test_estimate_within_5pct_of_measured_peak_tracked_bytes(tmp_path, tiny, kw):
     cfg = tiny(**kw)

@@ -21,10 +21,13 @@ def test_encoder_matches_published_count_within_2pct(name):
     assert abs(built / e.published_params - 1) < 0.02, (name, built, e.published_params)
 
 
-@pytest.mark.parametrize("name", ["vit-l14", "vit-g14", "vit-b16"])
+@pytest.mark.parametrize("name", ["vit-l14", "vit-g14", "vit-b16", "vit-h16"])
 def test_acceptance_sizes(name):
-    want = {"vit-l14": 304e6, "vit-g14": 1.01e9, "vit-b16": 86e6}[name]
-    assert abs(encoder_params(name, 224) / want - 1) < 0.02
+    want = {"vit-l14": 304e6, "vit-g14": 1.01e9, "vit-b16": 86e6, "vit-h16": 631e6}[name]
+    res = presets.ENCODERS[name].native_res  # 224, and 256 for Pixio's H/16
+    assert abs(encoder_params(name, res) / want - 1) < 0.02
+    # Pixio's 8 class tokens (and their position rows) do not move the comparison
+    assert abs(encoder_params(name, res, cls_tokens=8) / want - 1) < 0.02
 
 
 def test_auto_pairing_follows_the_reference():

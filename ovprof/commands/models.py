@@ -22,12 +22,13 @@ def rows(objective: str, res: int, mask_ratio: float, mask_position: str) -> lis
     from ovprof import presets
     from ovprof.config import RunConfig
     from ovprof.measure.flops import encoder_params, map_head_params
-    from ovprof.objectives import gflops_per_image, model_params
+    from ovprof.objectives import get, gflops_per_image, model_params
 
     out = []
     for name, e in presets.ENCODERS.items():
         cfg = RunConfig(objective=objective, encoder=name, res=res, mask_ratio=mask_ratio,
                         mask_position=mask_position).resolved()
+        tower_preset = {tower: getattr(cfg, field) for tower, field in get(objective).tower_presets}
         towers = model_params(cfg)
         head = map_head_params(e.tower) if e.published_includes_head else 0
         trunk = encoder_params(name, cfg.res)
@@ -39,8 +40,8 @@ def rows(objective: str, res: int, mask_ratio: float, mask_position: str) -> lis
             "published_params": published,
             "published_includes_map_head": e.published_includes_head,
             "published_diff_pct": None if not published else 100 * ((trunk + head) / published - 1),
-            "text_encoder": cfg.text_encoder if cfg.uses_text_encoder else None,
-            "decoder": cfg.decoder if cfg.uses_decoder else None,
+            "text_encoder": tower_preset.get("text_encoder"),
+            "decoder": tower_preset.get("decoder"),  # a caption or a pixel decoder, as the objective builds
             "params_by_tower": towers,
             "total_params": towers["total"],
             **gflops_per_image(cfg),
@@ -63,17 +64,18 @@ def _print_objectives(rows: list[dict]) -> None:
     # One cell of lines per objective rather than a column each: summaries are long and terminals narrow.
     t = Table(title="registered objectives", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_lines=True)
     t.add_column("objective", no_wrap=True)
-    t.add_column("label, towers, savings-table side, summary")
+    t.add_column("label, family, towers, savings-table side, summary")
     for r in rows:
-        cell = Text.assemble((r["label"], "bold"), "\n", f"towers: {' + '.join(r['towers'])}; "
-                             f"savings side: {r['savings_side'] or '-'}", "\n", r["summary"])
+        cell = Text.assemble((r["label"], "bold"), "\n", f"family: {r['family']}; "
+                             f"towers: {' + '.join(r['towers'])}; savings side: {r['savings_side'] or '-'}", "\n",
+                             r["summary"])
         t.add_row(r["name"], cell)
     console().print(t)
 
 
 def models(
     objective: str = typer.Option("caption", help="A registered objective (see --objectives): "
-                                                  "caption | clip | openvision."),
+                                                  "caption | clip | openvision | mae | pixio."),
     res: int = typer.Option(0, help="Image side in pixels; 0 = each preset's native resolution."),
     mask_ratio: float = typer.Option(0.0, help="Share of visual tokens dropped (OpenVision 2 keeps ~35%: 0.65)."),
     mask_position: str = typer.Option("decoder", help="decoder (OpenVision 2) | encoder (FLIP)"),
@@ -94,6 +96,7 @@ def models(
             "encoders": r,
             "text_encoders": {k: dataclasses.asdict(v) for k, v in presets.TEXT_ENCODERS.items()},
             "decoders": {k: dataclasses.asdict(v) for k, v in presets.DECODERS.items()},
+            "pixel_decoders": {k: dataclasses.asdict(v) for k, v in presets.PIXEL_DECODERS.items()},
         })
         return
     from rich.table import Table

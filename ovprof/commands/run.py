@@ -101,7 +101,7 @@ def summarize(record, store: str) -> None:
 
 
 def run(
-    objective: Optional[str] = typer.Option(None, help="caption | clip | openvision  \\[default: caption]"),
+    objective: Optional[str] = typer.Option(None, help="caption | clip | openvision | mae | pixio  \\[default: caption]"),
     encoder: Optional[str] = typer.Option(None, help="Vision preset (see `ovprof models`)  \\[default: vit-debug]"),
     res: Optional[int] = typer.Option(None, help="Image side in pixels  \\[default: the encoder's native]"),
     mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", help="Share of visual tokens dropped, [0, 1)."),

@@ -23,6 +23,9 @@ same tensor when b = 4) and log-softmax N V 4, for N predicted tokens. With
 loss_impl chunked or triton only one chunk of logits exists at a time.
 Backward adds, at its start, the fp32 gradient of the log-softmax and of the
 logits (N V 4 + N V b), the gradients of every parameter (pb P) by its end.
+The pixel objectives' loss (ovprof/objectives/mae.py) keeps its fp32 difference
+(N P 4 for N patches of P pixels) and starts backward with about three
+tensors of that size (`loss_grad_bytes`), in the caption loss's place.
 Dropped from the count: embedding outputs consumed by the first block and
 tensors below one block's size. tests/test_estimate.py states the agreement
 with fake execution.
@@ -71,6 +74,7 @@ def model_step(cfg: RunConfig, attention: str = "flash") -> ModelStep:
         chunk = int(chunk) if c.loss_impl == "chunked" else 0
         logits, transient_fwd = logits_tokens * 4, chunk
         logits_grad = chunk + (V + logits_tokens) * terms.head_width * 4
+    logits_grad += terms.loss_grad_bytes  # another loss's gradients (pixel loss) take the same place
     forward = kept + logits + transient_fwd
     backward_no_grad = kept + logits + max(logits_grad, transient)  # the forward's transients are gone
     # Backward frees activations as it produces gradients; its peak is at its start (activations + the

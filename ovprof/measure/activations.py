@@ -45,3 +45,6 @@ class ActivationTerms:
     head_width: int  # width of the hidden states fed to the caption head (0: no caption head)
     input_bytes: int  # the micro-batch: images in the training dtype + int64 token ids
     max_param_numel: int  # the largest single parameter (ZeRO-3 gathers at least this much)
+    # gradients a loss other than the caption head's holds at the start of backward, before the first
+    # parameter gradient lands (the pixel loss: its fp32 elementwise gradients); 0 for none
+    loss_grad_bytes: int = 0

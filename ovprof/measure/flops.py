@@ -48,11 +48,12 @@ def map_head_params(t: TowerSpec) -> int:
     return D + (3 * D * D + 3 * D + D * D + D) + 2 * D + (D * M + M + M * D + D)
 
 
-def encoder_params(name: str, res: int, *, head: bool = False) -> int:
+def encoder_params(name: str, res: int, *, head: bool = False, cls_tokens: int = 0) -> int:
+    """Patch embedding, position embedding, blocks; + a MAP head; + class tokens and their positions (Pixio)."""
     e = presets.ENCODERS[name]
     D, P = e.tower.width, e.patch
     n = (res // P) ** 2
-    p = 3 * P * P * D + D + n * D + trunk_params(e.tower)
+    p = 3 * P * P * D + D + n * D + trunk_params(e.tower) + 2 * cls_tokens * D
     return p + (map_head_params(e.tower) if head else 0)
 
 

@@ -3,11 +3,12 @@
     python -c "from ovprof.config import RunConfig; from ovprof.objectives import build_model; print(build_model(RunConfig()))"
 
 An objective (ovprof/objectives/<name>.py) creates an `ImageTextModel`, attaches
-its towers as top-level attributes (`text`, `decoder`; `add_contrastive_head`
-for `image_proj`, `text_proj`, `logit_scale`) and passes its loss function, which
-becomes forward. Top-level names matter: `ovprof.objectives.tower_params` counts
-parameters per tower by them. The objective's loss function lives beside its
-other formulas, so this module needs no objective and no run config.
+its towers as top-level attributes (`text`, `decoder`: a caption or a pixel
+decoder; `add_contrastive_head` for `image_proj`, `text_proj`, `logit_scale`)
+and passes its loss function, which becomes forward. Top-level names matter:
+`ovprof.objectives.tower_params` counts parameters per tower by them. The
+objective's loss function lives beside its other formulas, so this module
+needs no objective and no run config.
 
 mask_position=decoder drops encoder outputs before the decoder (the encoder
 still sees every patch); mask_position=encoder drops patches before the encoder
@@ -31,9 +32,9 @@ class ImageTextModel(nn.Module):
     """forward(**batch) -> loss_fn(self, **batch), a scalar fp32 loss."""
 
     def __init__(self, encoder: EncoderSpec, res: int, *, keep: int | None, mask_position: str,
-                 checkpointing: bool, loss_fn: Callable[..., torch.Tensor], config: Any = None):
+                 checkpointing: bool, loss_fn: Callable[..., torch.Tensor], config: Any = None, cls_tokens: int = 0):
         super().__init__()
-        self.vision = VisionTower(encoder, res, checkpointing=checkpointing)
+        self.vision = VisionTower(encoder, res, checkpointing=checkpointing, cls_tokens=cls_tokens)
         self.keep = keep  # visual tokens kept per sample; None = no masking
         self.mask_position = mask_position
         self.loss_fn = loss_fn

@@ -1,4 +1,4 @@
-"""Losses: caption cross-entropy through the head, and CLIP's symmetric InfoNCE.
+"""Losses: caption cross-entropy through the head, CLIP's symmetric InfoNCE, and MAE's masked-patch pixel loss.
 
     python -c "import ovprof.models.losses as L; help(L.caption_loss)"
 """
@@ -67,3 +67,31 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
         logits_t2i = scale * local_txt @ all_image.t()  # (B, global B)
         loss = loss + (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)) / 2
     return loss / c
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """images (B, 3, R, R) -> (B, N, patch^2 x 3), patches in the patch embedding's (row-major) order.
+
+    Pixels a stride-`patch` embedding drops (R not a multiple of the patch) are dropped here too; each patch is
+    flattened row, column, channel (MAE's 'nchpwq->nhwpqc').
+    """
+    B, C, R, _ = images.shape
+    h = R // patch
+    x = images[:, :, : h * patch, : h * patch].reshape(B, C, h, patch, h, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(B, h * h, patch * patch * C)
+
+
+def pixel_loss(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor, norm_pix: bool) -> torch.Tensor:
+    """MAE's loss: mean squared error per patch, averaged over the masked patches only.
+
+    pred, target (B, N, P) with P = patch^2 x 3; masked (B, N), 1 where the patch was dropped. norm_pix: each
+    target patch normalised by its own mean and (unbiased) variance, as MAE's norm_pix_loss. Computed in fp32.
+    """
+    target = target.float()
+    if norm_pix:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1.0e-6) ** 0.5
+    per_patch = ((pred.float() - target) ** 2).mean(dim=-1)  # (B, N)
+    masked = masked.to(per_patch.dtype)
+    return (per_patch * masked).sum() / masked.sum()

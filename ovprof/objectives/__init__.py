@@ -3,10 +3,11 @@
     ovprof models --objectives
     python -c "from ovprof import objectives; print(objectives.names(), objectives.get('caption').label)"
 
-Each module (caption.py, clip.py, openvision.py) owns everything that differs
+Each module (caption.py, clip.py, openvision.py, mae.py, pixio.py) owns everything that differs
 between objectives: its label and flags, its model config and build, its
 synthetic batch, its analytic parameters, FLOPs and activation bytes, and the
-settings it refuses. It registers one `Objective` (ovprof/objectives/_common.py).
+settings it refuses, the RunConfig fields it alone reads and what its "auto" values
+resolve to. It registers one `Objective` (ovprof/objectives/_common.py).
 Callers never compare objective names; they ask the registry:
 
     build_model(cfg)             -> torch module, forward(**make_batch(cfg, ...)) = scalar loss
@@ -33,16 +34,17 @@ from typing import TYPE_CHECKING, Any
 from ovprof.errors import ConfigError
 from ovprof.measure.activations import ActivationTerms
 from ovprof.measure.flops import StepFlops
-from ovprof.objectives import caption, clip, openvision
-from ovprof.objectives._common import Objective
+from ovprof.objectives import caption, clip, mae, openvision, pixio
+from ovprof.objectives._common import FAMILIES, Objective
 
 if TYPE_CHECKING:
     from ovprof.config import RunConfig
 
-REGISTRY: dict[str, Objective] = {o.name: o for o in (caption.OBJECTIVE, clip.OBJECTIVE, openvision.OBJECTIVE)}
+REGISTRY: dict[str, Objective] = {o.name: o for o in (caption.OBJECTIVE, clip.OBJECTIVE, openvision.OBJECTIVE,
+                                                      mae.OBJECTIVE, pixio.OBJECTIVE)}
 
-__all__ = ["REGISTRY", "Objective", "names", "get", "build_model", "make_batch", "model_params", "step_flops",
-           "gflops_per_image", "activation_terms", "tower_params", "describe"]
+__all__ = ["REGISTRY", "FAMILIES", "Objective", "names", "get", "build_model", "make_batch", "model_params",
+           "step_flops", "gflops_per_image", "activation_terms", "tower_params", "describe", "owned_fields"]
 
 
 def names() -> list[str]:
@@ -103,7 +105,17 @@ def tower_params(model: Any) -> dict[str, int]:
     return counts
 
 
+def owned_fields() -> dict[str, list[str]]:
+    """RunConfig fields some objectives own (`own_fields`) -> those objectives; the rest refuse a non-default."""
+    out: dict[str, list[str]] = {}
+    for o in REGISTRY.values():
+        for f in o.own_fields:
+            out.setdefault(f, []).append(o.name)
+    return out
+
+
 def describe() -> list[dict[str, Any]]:
     """One row per registered objective, for `ovprof models --objectives`."""
-    return [{"name": o.name, "label": o.label, "summary": o.summary, "towers": list(o.towers),
+    return [{"name": o.name, "label": o.label, "family": o.family, "summary": o.summary, "towers": list(o.towers),
+             "tower_presets": dict(o.tower_presets), "own_fields": list(o.own_fields),
              "savings_side": o.savings_side} for o in REGISTRY.values()]

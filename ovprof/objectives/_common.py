@@ -23,6 +23,19 @@ if TYPE_CHECKING:
     from ovprof.measure.activations import ActivationTerms
 
 
+def no_changes(cfg: "RunConfig") -> dict[str, Any]:
+    """The resolve hook of an objective with no "auto" fields of its own."""
+    return {}
+
+
+def random_kept_tokens(c: "RunConfig") -> int:
+    """Visual tokens kept per sample after random per-token masking: round(N * (1 - mask_ratio)), at least 1."""
+    return max(1, round(c.num_patches * (1.0 - c.mask_ratio)))
+
+
+FAMILIES = ("contrastive", "captioning", "pixel")  # how the report groups objectives, in its order
+
+
 @dataclass(frozen=True)
 class Objective:
     """One pretraining objective, as the registry holds it. Every field is filled by its module."""
@@ -30,9 +43,11 @@ class Objective:
     name: str  # the `objective` value in a RunConfig
     label: str  # how reports and `ovprof models --objectives` name it
     summary: str  # one line: what the model computes
+    family: str  # one of FAMILIES: what supervises the encoder (report's families table)
     savings_side: str | None  # column of the report's savings table it fills; None = not compared there
-    uses_text_encoder: bool  # builds a text tower (RunConfig.text_encoder applies)
-    uses_decoder: bool  # builds a caption decoder (RunConfig.decoder applies)
+    # The towers it builds besides the vision encoder, each with the RunConfig field naming its preset, e.g.
+    # (("text_encoder", "text_encoder"), ("decoder", "decoder")); tower names as `tower_params` counts them.
+    tower_presets: tuple[tuple[str, str], ...]
     paper_mask_ratio: float  # visual-token mask ratio of the paper's efficiency table (estimate --paper)
     model_config: Callable[["RunConfig"], Any]  # RunConfig -> the objective's own frozen model config
     build: Callable[[Any], Any]  # model config -> ImageTextModel (imports torch)
@@ -44,10 +59,28 @@ class Objective:
     # True: every variant (masked, fused loss) fills its savings column, as caption-only does; False: only the
     # unmasked eager run, as the papers' OpenVision and CLIP baselines are.
     savings_every_variant: bool = False
+    # RunConfig fields only objectives that list them read; every other objective refuses a non-default value
+    # (ovprof/config.py validate), so a sweep cannot vary a field that changes nothing.
+    own_fields: tuple[str, ...] = ()
+    # RunConfig -> {field: value} for the objective's own "auto" values (RunConfig.resolved calls it after the
+    # shared ones: res, text_encoder, decoder). Must return {} on a config it resolved.
+    resolve: Callable[["RunConfig"], dict] = no_changes
+    # RunConfig (resolved, mask_ratio > 0) -> visual tokens kept per sample (RunConfig.kept_tokens)
+    kept_tokens: Callable[["RunConfig"], int] = random_kept_tokens
 
     @property
     def towers(self) -> tuple[str, ...]:
-        return ("encoder",) + ("text_encoder",) * self.uses_text_encoder + ("decoder",) * self.uses_decoder
+        return ("encoder",) + tuple(t for t, _ in self.tower_presets)
+
+    @property
+    def uses_text_encoder(self) -> bool:
+        """RunConfig.text_encoder names one of its towers."""
+        return any(f == "text_encoder" for _, f in self.tower_presets)
+
+    @property
+    def uses_decoder(self) -> bool:
+        """RunConfig.decoder (the caption decoder) names one of its towers."""
+        return any(f == "decoder" for _, f in self.tower_presets)
 
 
 def no_checks(cfg: "RunConfig") -> None:
@@ -64,6 +97,7 @@ class VisionConfig:
     keep: int | None  # visual tokens kept per sample; None = no masking
     mask_position: str  # decoder: drop encoder outputs (OpenVision 2); encoder: drop patches (FLIP)
     checkpointing: bool  # activation checkpointing on the vision blocks
+    cls_tokens: int = 0  # learned class tokens prepended to the patches (MAE 1, Pixio 8; none elsewhere)
 
 
 def vision_config(c: "RunConfig") -> VisionConfig:
@@ -77,7 +111,7 @@ def new_model(v: VisionConfig, loss_fn: Callable, config: Any):
     from ovprof.models.image_text import ImageTextModel
 
     return ImageTextModel(v.encoder, v.res, keep=v.keep, mask_position=v.mask_position,
-                          checkpointing=v.checkpointing, loss_fn=loss_fn, config=config)
+                          checkpointing=v.checkpointing, loss_fn=loss_fn, config=config, cls_tokens=v.cls_tokens)
 
 
 @dataclass(frozen=True)

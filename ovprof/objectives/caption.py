@@ -113,7 +113,7 @@ def activation_terms(cfg: "RunConfig", attention: str = "flash") -> ActivationTe
 OBJECTIVE = _common.Objective(
     name=NAME, label="caption-only (OpenVision 2)",
     summary="vision tower, random visual-token masking, prefix decoder; caption_weight x caption CE",
-    savings_side="caption", uses_text_encoder=False, uses_decoder=True,
+    family="captioning", savings_side="caption", tower_presets=(("decoder", "decoder"),),
     paper_mask_ratio=0.65,  # OpenVision 2 keeps ~35% of the visual tokens
     savings_every_variant=True,  # masked and fused-loss caption runs are the savings' candidates
     model_config=model_config, build=build, make_batch=make_batch, params=params, step_flops=step_flops,

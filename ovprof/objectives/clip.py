@@ -106,7 +106,8 @@ def validate(c: "RunConfig") -> None:
 OBJECTIVE = _common.Objective(
     name=NAME, label="CLIP",
     summary="vision tower (mean-pooled) + text encoder (last token); contrastive_weight x symmetric InfoNCE",
-    savings_side="clip", uses_text_encoder=True, uses_decoder=False, paper_mask_ratio=0.0,
+    family="contrastive", savings_side="clip", tower_presets=(("text_encoder", "text_encoder"),),
+    paper_mask_ratio=0.0,
     model_config=model_config, build=build, make_batch=make_batch, params=params, step_flops=step_flops,
     activation_terms=activation_terms, validate=validate,
 )

@@ -131,7 +131,9 @@ def activation_terms(cfg: "RunConfig", attention: str = "flash") -> ActivationTe
 OBJECTIVE = _common.Objective(
     name=NAME, label="OpenVision (CLIP + caption, OpenVision 1)",
     summary="clip on alt-text + short caption (2 texts per image) + query decoder predicting the long caption",
-    savings_side="openvision", uses_text_encoder=True, uses_decoder=True, paper_mask_ratio=0.0,
+    family="contrastive",  # OpenVision 1 is CLIP plus a caption decoder; the contrastive loss is its spine
+    savings_side="openvision", tower_presets=(("text_encoder", "text_encoder"), ("decoder", "decoder")),
+    paper_mask_ratio=0.0,
     model_config=model_config, build=build, make_batch=make_batch, params=params, step_flops=step_flops,
     activation_terms=activation_terms, validate=_common.no_checks,
 )

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from ovprof import metrics as M
+from ovprof import objectives
 from ovprof.report.load import ENV_FIELDS, MEMORY_SOURCES, SETTING_FIELDS, Data, key_of, nobatch_keys
 
 GIB = 2**30
@@ -124,12 +125,19 @@ class Context:
 
     def where(self, row: pd.Series | dict, drop: tuple[str, ...] = ()) -> str:
         """'batch 4, zero 0' for the fields that vary in this report; 'this setting' when none does."""
-        parts = [_where(k, row[k]) for k in self.varying if k not in drop]
+        parts = [_where(k, row[k]) for k in self.varying if k not in drop and _reads(row, k)]
         return ", ".join(parts) if parts else "this setting"
 
     def other(self, row: pd.Series | dict) -> str:
-        parts = [_other(k, row[k]) for k in self.varying if k not in SHOWN_FIELDS]
+        parts = [_other(k, row[k]) for k in self.varying if k not in SHOWN_FIELDS and _reads(row, k)]
         return ", ".join(parts) if parts else "-"
+
+
+def _reads(row: pd.Series | dict, key: str) -> bool:
+    """False for a field some objective owns (`own_fields`, e.g. mask_grid) that the row's objective does not
+    read: it sits at its default there, and naming it would only clutter that row's label."""
+    owners = objectives.owned_fields().get(key)
+    return owners is None or "objective" not in row or row["objective"] in owners
 
 
 def _other(k: str, v: Any) -> str:

@@ -249,6 +249,60 @@ def zero_plot(tables: dict[str, Table], out: Path) -> list[Plot]:
                  f"temporaries, inputs and other; one bar per run, in {unit.split()[0]}.")]
 
 
+FAMILY_COLORS = {"contrastive": "#4C72B0", "captioning": "#DD8452", "pixel": "#55A868"}
+
+
+def families_plot(tables: dict[str, Table], out: Path) -> list[Plot]:
+    """Bars per run of each setting measured in several families: step time, peak memory, train GFLOPs/image."""
+    plt = _plt()
+    f = tables["families"].frame
+    if f.empty:
+        return []
+    mem_col = "peak_reserved_gib" if "peak_reserved_gib" in f else "peak_tracked_gib"
+    keys = ["encoder_res", "batch_per_device", "world_size", "zero", "precision", "other_settings"]
+    groups = list(f.groupby(keys, sort=False))[:4]
+    width = max(6.0, 0.5 * max(len(g) for _, g in groups) + 2)
+    fig, axes = plt.subplots(3, len(groups), figsize=(width * len(groups), 11), squeeze=False)
+    spec = [("step_ms_median", "step time ms (median, p10-p90 bars)"),
+            (mem_col, f"peak {SOURCE_NAME[mem_col[5:-4]]} GiB"),
+            ("train_gflops_per_image", "train GFLOPs/image (analytic)")]
+    for col, (gkey, g) in enumerate(groups):
+        labels = [f"{r['objective'].split(' (')[0]}\n{_variant_short(r['variant'])}" for _, r in g.iterrows()]
+        colors = [FAMILY_COLORS.get(fam, "#8C8C8C") for fam in g["family"]]
+        for row, (name, ylabel) in enumerate(spec):
+            ax = axes[row][col]
+            for x, (_, r) in enumerate(g.iterrows()):
+                v = num(r[name])
+                if v is None:
+                    _failed_mark(ax, x, _short(r[name]) if r["status"] == "ok" else r["status"])
+                    continue
+                err = None
+                if name == "step_ms_median" and num(r["step_ms_p10"]) is not None and num(r["step_ms_p90"]) is not None:
+                    err = [[v - r["step_ms_p10"]], [r["step_ms_p90"] - v]]
+                ax.bar(x, v, 0.7, color=colors[x], yerr=err, capsize=3)
+            ax.set_xticks(range(len(g)), labels if row == 2 else [""] * len(g), fontsize=7, rotation=45, ha="right")
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.set_ylim(bottom=0)
+            if row == 0:
+                title = f"{gkey[0]} b{gkey[1]}x{gkey[2]} ZeRO {gkey[3]} {gkey[4]}"
+                ax.set_title(title + ("" if gkey[5] == "-" else f"\n{gkey[5]}"), fontsize=10)
+        handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in FAMILY_COLORS.values()]
+        axes[0][col].legend(handles, list(FAMILY_COLORS), fontsize=7, loc="upper left")
+    return [Plot(_save(fig, out, "families.png"), "Families",
+                 "One column per setting measured in several families; one bar per run, colored by family "
+                 "(contrastive, captioning, pixel). Top: median step time with the 10th-90th percentile spread; "
+                 "middle: peak memory; bottom: analytic training FLOPs per image.")]
+
+
+def _variant_short(v: str) -> str:
+    """'mae mask 0.75 (encoder), pixel_decoder dec-mae, mask_grid 1, cls_tokens 1' -> 'mask 0.75, grid 1'."""
+    parts = v.split(", ")
+    head = parts[0].split(" ", 1)[1] if " " in parts[0] else parts[0]
+    head = head.replace(" (encoder)", "").replace(" (decoder)", "")
+    grid = next((p.split()[-1] for p in parts[1:] if p.startswith("mask_grid ")), None)
+    return head + (f", grid {grid}" if grid else "")
+
+
 def _first_ok(f: pd.DataFrame) -> int:
     return next(i for i, s in enumerate(f["status"]) if s == "ok")
 
@@ -258,6 +312,7 @@ def draw_all(data: Data, tables: dict[str, Table], out: str | Path) -> list[Plot
     out.mkdir(parents=True, exist_ok=True)
     plots: list[Plot] = []
     plots += savings_bars(tables, out)
+    plots += families_plot(tables, out)
     plots += mask_ratio_plot(tables, out)
     plots += batch_plot(data, tables, out)
     plots += zero_plot(tables, out)

@@ -209,8 +209,8 @@ def _sections(rep: Report) -> list[tuple[str, Any]]:
     items.append(("p", "The paper's peak memory per chip (TPU v4-64, GB as printed), by global batch:"))
     items.append(("raw_table", (["paper setting", "global batch", "OpenVision GB/chip", "OpenVision 2 GB/chip"],
                                 mem_rows)))
-    for name, plot in (("mask_ratio", "mask_ratio.png"), ("batch", "batch_memory.png"), ("zero", "zero_memory.png"),
-                       ("loss_impl", None)):
+    for name, plot in (("families", "families.png"), ("mask_ratio", "mask_ratio.png"), ("batch", "batch_memory.png"),
+                       ("zero", "zero_memory.png"), ("loss_impl", None)):
         tab = t[name]
         items.append(("h2", tab.title))
         if name == "zero":

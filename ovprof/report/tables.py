@@ -19,7 +19,8 @@ Rules every table keeps:
   says the settings differ.
 
 The tables live by kind: cells.py (Column, Table and the cells they share),
-savings.py (savings and the paper's tables), axes.py (mask ratio, batch, ZeRO,
+savings.py (savings and the paper's tables), families.py (contrastive,
+captioning and pixel objectives side by side), axes.py (mask ratio, batch, ZeRO,
 loss_impl, runs), estimated.py (ovprof estimate's section). This module puts
 them in the report's order; their names are importable from here as before.
 """
@@ -31,11 +32,13 @@ from ovprof.report.axes import (batch_table, bucket_note, device_limit_gib, loss
 from ovprof.report.cells import (GIB, SETTING_COLUMNS, SIDE_NAME, SIDES, SOURCE_NAME, Column, Context, Table,
                                  max_batch_cell, max_batch_lookup, memory_sources, metric, num, primary_source, ratio)
 from ovprof.report.estimated import estimated_tables
+from ovprof.report.families import families_table
 from ovprof.report.load import Data
 from ovprof.report.savings import NOT_PAPER, paper_comparison, paper_reference, savings
 
 __all__ = ["GIB", "NOT_PAPER", "SETTING_COLUMNS", "SIDES", "SIDE_NAME", "SOURCE_NAME", "Column", "Context", "Table",
-           "batch_table", "bucket_note", "build", "device_limit_gib", "loss_impl_table", "mask_ratio_table",
+           "batch_table", "bucket_note", "build", "device_limit_gib", "families_table", "loss_impl_table",
+           "mask_ratio_table",
            "max_batch_cell", "max_batch_lookup", "memory_sources", "metric", "num", "paper_comparison",
            "paper_reference", "primary_source", "ratio", "runs_table", "savings", "zero_table"]
 
@@ -47,6 +50,7 @@ def build(data: Data) -> dict[str, Table]:
         "savings": sav,
         "paper_comparison": paper_comparison(sav),
         "paper_reference": paper_reference(data.runs),
+        "families": families_table(data, ctx),
         "mask_ratio": mask_ratio_table(data, ctx),
         "batch": batch_table(data, ctx),
         "zero": zero_table(data, ctx),
