@@ -42,6 +42,7 @@ from ovprof.errors import ConfigError
 from ovprof.runner.worker import PHASE_MARK, die_with_parent
 
 KILL_GRACE_S = 5.0
+LOCK_CHECK_S = 5.0  # how often a waiting launcher looks for stale JIT-build locks (ovprof/runner/extensions.py)
 # Below Linux's ephemeral range (32768-60999), so the kernel never hands one of these to an outgoing connection.
 PORT_RANGE = (20000, 32000)
 PORT_LOCK_DIR = Path(tempfile.gettempdir()) / "ovprof-ports"
@@ -228,6 +229,11 @@ def last_phase(log_path: Path, chars: int = 8192) -> str | None:
     return lines[-1][len(PHASE_MARK):].strip() if lines else None
 
 
+def _warn(msg: str) -> None:
+    sys.stderr.write(f"warning: {msg}\n")
+    sys.stderr.flush()
+
+
 def _read_ranks(result_dir: Path) -> list[dict]:
     ranks = []
     for f in sorted(result_dir.glob("rank*.json")) if result_dir.exists() else []:
@@ -255,7 +261,7 @@ class LocalExecutor:
 
         cfg, opts = job.config, job.opts
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
-        clear_stale_locks(warn=lambda msg: (sys.stderr.write(f"warning: {msg}\n"), sys.stderr.flush()))
+        clear_stale_locks(warn=_warn)
         out = JobResult(job=job, started_at=_now())
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"ovprof-{cfg.run_id}-") as tmp, port_lease() as port:
@@ -301,9 +307,17 @@ class LocalExecutor:
 
     def _wait(self, proc: subprocess.Popen, job: Job, t0: float) -> bool:
         """Wait for the worker within its timeout, reporting phase changes; False when it timed out."""
+        from ovprof.runner.extensions import clear_stale_locks
+
         deadline = t0 + job.opts.timeout_s
         seen = None
+        next_lock_check = time.perf_counter() + LOCK_CHECK_S
         while True:
+            if time.perf_counter() >= next_lock_check:
+                # A worker waiting on a build lock whose builder is gone (killed elsewhere) would sleep to its
+                # timeout: the lock goes as soon as it is seen stale, and the waiting worker builds.
+                clear_stale_locks(warn=_warn)
+                next_lock_check = time.perf_counter() + LOCK_CHECK_S
             left = deadline - time.perf_counter()
             if left <= 0:
                 return proc.poll() is not None
