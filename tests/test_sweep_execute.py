@@ -28,7 +28,8 @@ class FakeRunPoint:
     def __init__(self, status=lambda cfg: "ok", interrupt_on: int | None = None):
         self.status, self.interrupt_on, self.calls = status, interrupt_on, []
 
-    def __call__(self, cfg, opts, *, sweep=None, max_batch_search=None, on_start=None, on_phase=None):
+    def __call__(self, cfg, opts, *, sweep=None, max_batch_search=None, on_start=None, on_phase=None, slot=None,
+                 cancel=None):
         self.calls.append(cfg)
         if self.interrupt_on == len(self.calls):
             raise KeyboardInterrupt

@@ -176,6 +176,9 @@ def run(
     hostfile: Optional[Path] = typer.Option(None, help="DeepSpeed hostfile: run multi-node points across its hosts "
                                                        "(implies --launcher deepspeed; see docs/sweeps.md)."),
     max_points: Optional[int] = MAX_POINTS_OPT,
+    slots: Optional[int] = typer.Option(None, "--slots", metavar="N", help="Run up to N points at once, each on "
+                                        "its own devices: disjoint GPUs, or disjoint CPU cores with a matching "
+                                        "thread count  \\[default: the file's [executor] slots, else 1]"),
 ) -> None:
     from rich.text import Text
 
@@ -207,7 +210,14 @@ def run(
               "per point", highlight=False, markup=False, soft_wrap=True)
     _warn_max_batch_without_budget(exp, err)
     _warn_busy_machine(err)
-    outcome = run_sweep(exp, opts, rerun=rerun, reporter=None)
+    n_slots = slots if slots is not None else spec.slots
+    if n_slots < 1:
+        raise UsageError(f"--slots {n_slots}: must be at least 1")
+    if n_slots > 1:
+        from ovprof.runner.slots import make_slots
+
+        make_slots(n_slots, max(p.config.world_size for p in exp.plans))  # refuse before anything runs
+    outcome = run_sweep(exp, opts, rerun=rerun, reporter=None, slots=n_slots)
     render_summary(outcome)
     resume = "ovprof " + shlex.join(a for a in sys.argv[1:] if a != "--rerun")
     if outcome.store_error:
@@ -225,6 +235,8 @@ def run(
 
 def render_summary(outcome) -> None:
     """The closing table: counts by status, skipped, fastest and leanest ok points, max batches, failures."""
+    from collections import Counter
+
     from rich.markup import escape
     from rich.table import Table
 
@@ -240,6 +252,9 @@ def render_summary(outcome) -> None:
     ran = "  ".join(f"{s} {counts.get(s, 0)}" for s in ("ok", "oom", "error", "timeout"))
     t.add_row("ran this time", f"{len(outcome.ran)}: {ran}")
     t.add_row("skipped (done)", str(outcome.skipped))
+    per_slot = Counter(o.slot for o in outcome.ran if o.slot is not None)
+    if per_slot:
+        t.add_row("per slot", "  ".join(f"slot {k}: {v}" for k, v in sorted(per_slot.items())))
     if outcome.interrupted:
         t.add_row("not run", f"{len(exp.plans) - len(outcome.outcomes)} (interrupted)")
     oks = []

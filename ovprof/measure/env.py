@@ -89,6 +89,14 @@ def _cpu_affinity_count() -> int | None:
         return None
 
 
+def _cpu_affinity() -> list[int] | None:
+    """The cores this process may run on (a sweep with --slots gives each point its own)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
 def _driver_version() -> str | None:
     try:
         import pynvml
@@ -148,6 +156,7 @@ def collect_env() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity_count": _cpu_affinity_count(),
+        "cpu_affinity": _cpu_affinity(),
         "memory_total_bytes": _memory_total_bytes(),
         "hostname": socket.gethostname() or None,
         "platform": platform.platform(),

@@ -247,10 +247,12 @@ def _read_ranks(result_dir: Path) -> list[dict]:
 class LocalExecutor:
     """Runs jobs one at a time on this machine, each in its own process group and temporary directory."""
 
-    def __init__(self, on_start=None, on_phase=None, poll_s: float = 0.5):
+    def __init__(self, on_start=None, on_phase=None, poll_s: float = 0.5, slot=None, cancel=None):
         self.on_start = on_start  # called with the Popen of each job's worker (tests kill it)
         self.on_phase = on_phase  # called with the worker's latest phase line whenever it changes
         self.poll_s = poll_s
+        self.slot = slot  # ovprof/runner/slots.py: the devices or cores this executor's workers may use
+        self.cancel = cancel  # a threading.Event: set, the running worker's tree is killed (Ctrl-C with slots)
 
     def run(self, jobs: Iterable[Job]) -> Iterator[JobResult]:
         for job in jobs:
@@ -278,9 +280,18 @@ class LocalExecutor:
                 for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
                     env.pop(k, None)
                 env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.world_size)))
+            if self.slot is not None:
+                env.update(self.slot.env(cfg.world_size))
+            cores = self.slot.cores if self.slot is not None else None
+
+            def start_worker() -> None:
+                die_with_parent()
+                if cores is not None:
+                    os.sched_setaffinity(0, cores)  # inherited by every rank and every process they start
+
             with open(job.log_path, "wb") as log:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env, start_new_session=True, preexec_fn=die_with_parent)
+                                        env=env, start_new_session=True, preexec_fn=start_worker)
                 if self.on_start:
                     self.on_start(proc)
                 try:
@@ -313,6 +324,8 @@ class LocalExecutor:
         seen = None
         next_lock_check = time.perf_counter() + LOCK_CHECK_S
         while True:
+            if self.cancel is not None and self.cancel.is_set():
+                raise KeyboardInterrupt  # the caller kills the tree and records nothing for this point
             if time.perf_counter() >= next_lock_check:
                 # A worker waiting on a build lock whose builder is gone (killed elsewhere) would sleep to its
                 # timeout: the lock goes as soon as it is seen stale, and the waiting worker builds.

@@ -30,13 +30,13 @@ def record_of(result: JobResult, *, sweep: str | None = None, max_batch_search: 
 
 def run_point(cfg: RunConfig, opts: ExecOptions | None = None, *, executor: Executor | None = None,
               sweep: str | None = None, max_batch_search: str | None = None, on_start=None,
-              on_phase=None) -> R.RunRecord:
+              on_phase=None, slot=None, cancel=None) -> R.RunRecord:
     """Run one point through `executor` (default: local, serial), append its record to opts.store, return it.
 
     on_phase(text) hears each start-up or run phase the worker enters. A store that refuses the append raises
     record.RecordNotStored after keeping the record aside (it is appended on the next run)."""
     opts = opts or ExecOptions()
-    executor = executor or LocalExecutor(on_start=on_start, on_phase=on_phase)
+    executor = executor or LocalExecutor(on_start=on_start, on_phase=on_phase, slot=slot, cancel=cancel)
     (result,) = list(executor.run([make_job(cfg, opts)]))
     rec = record_of(result, sweep=sweep, max_batch_search=max_batch_search)
     R.append(opts.store, rec)

@@ -19,6 +19,7 @@ import dataclasses
 import datetime as _dt
 import json
 import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class PointOutcome:
     status: str  # ok | oom | error | timeout (a max-batch point: its summary's status)
     record: RunRecord | MaxBatchRecord | None  # the run record, or the max-batch summary record
     skipped: bool = False  # done before this run started
+    slot: int | None = None  # the slot that ran it (--slots > 1)
 
 
 @dataclass
@@ -156,18 +158,50 @@ def interrupts_as_keyboard_interrupt() -> Iterator[dict]:
 WAIT_POLL_S = 1.0  # how often a sweep looks again at points another live sweep is running
 
 
+class _Queue:
+    """The points left to run, shared by the slots: each point goes to one slot; a point another sweep holds
+    waits until the ones still free are taken."""
+
+    def __init__(self, plans):
+        from collections import deque
+
+        self.todo, self.waiting = deque(plans), deque()
+        self.lock = threading.Lock()
+
+    def take(self, stop: threading.Event):
+        """The next point to try, or None when nothing is left (or the sweep stops)."""
+        while not stop.is_set():
+            with self.lock:
+                if self.todo:
+                    return self.todo.popleft()
+                if not self.waiting:
+                    return None
+            time.sleep(WAIT_POLL_S)  # only points other sweeps hold are left: look again in a moment
+            with self.lock:
+                self.todo.extend(self.waiting)
+                self.waiting.clear()
+        return None
+
+    def later(self, plan) -> None:
+        with self.lock:
+            self.waiting.append(plan)
+
+
 def run_sweep(expansion: Expansion, opts: ExecOptions, *, rerun: bool = False,
-              reporter: Reporter | None = None) -> SweepOutcome:
+              reporter: Reporter | None = None, slots: int = 1) -> SweepOutcome:
     """Run every point not yet done; returns what happened (also when interrupted).
 
     Several sweeps may run on one store at once: each point is claimed before it runs (ovprof/results/claims.py)
     and the store is re-read between points, so every point runs once, by whichever sweep gets it first; a point
-    another live sweep holds is left for later and waited for at the end."""
-    from collections import deque
+    another live sweep holds is left for later and waited for at the end. `slots` > 1 runs that many points at
+    once in this process, each on devices of its own (ovprof/runner/slots.py); a max-batch search stays
+    sequential inside its slot."""
+    from ovprof.runner.slots import make_slots
 
     for line in R.recover_pending(opts.store):  # records a full disk kept aside last time
         (reporter.note if reporter else print)(line)
     spec = expansion.spec
+    slot_list = make_slots(slots, max(p.config.world_size for p in expansion.plans)) if slots > 1 else [None]
     index = StoreIndex(opts.store)
     out = SweepOutcome(expansion=expansion, store=opts.store, index=index)
     todo: list[RunPlan] = []
@@ -181,41 +215,73 @@ def run_sweep(expansion: Expansion, opts: ExecOptions, *, rerun: bool = False,
     if out.skipped:
         rep.note(f"{out.skipped} of {len(expansion.plans)} points already have an ok or oom record in "
                  f"{opts.store}: skipped (--rerun runs them again)")
+    if slots > 1:
+        rep.note("slots: " + "; ".join(s.describe() for s in slot_list))
     t0 = time.monotonic()
-    queue, waiting = deque(todo), deque()
-    with interrupts_as_keyboard_interrupt() as seen:
-        try:
-            while queue or waiting:
-                if not queue:  # only points other sweeps hold are left: wait for them to finish or free up
-                    time.sleep(WAIT_POLL_S)
-                    queue, waiting = waiting, deque()
-                plan = queue.popleft()
+    queue = _Queue(todo)
+    stop = threading.Event()
+    lock = threading.RLock()  # the index, the outcomes and the reporter are shared by the slots
+    failures: list[BaseException] = []
+
+    def work(slot) -> None:
+        n = slot.index if slot is not None else None
+        while (plan := queue.take(stop)) is not None:
+            with lock:
                 index.refresh()
                 rec = index.done_point(plan, rerun)
                 if rec is not None:  # another sweep on this store finished it
                     out.shared += 1
-                    out.outcomes.append(PointOutcome(plan, rec.status, rec, skipped=True))
-                    rep.start(plan.label())
-                    rep.finish(rec.status, None, "done by another sweep on this store")
+                    out.outcomes.append(PointOutcome(plan, rec.status, rec, skipped=True, slot=n))
+                    rep.start(plan.label(), slot=n)
+                    rep.finish(rec.status, None, "done by another sweep on this store", slot=n)
                     continue
-                with claims.claim(opts.store, plan.run_id) as mine:
-                    if not mine:
-                        waiting.append(plan)
-                        continue
+            with claims.claim(opts.store, plan.run_id) as mine:
+                if not mine:
+                    queue.later(plan)
+                    continue
+                with lock:
                     index.refresh()
-                    if index.done_point(plan, rerun) is not None:
-                        queue.appendleft(plan)  # finished just before we claimed it: count it above
-                        continue
-                    rep.start(plan.label())
-                    if plan.is_max_batch:
-                        rec = _max_batch_point(plan, opts, index, rerun, rep, spec.name)
-                        detail = _max_detail(rec)
-                    else:
-                        rec = _run(plan.config, opts, rep, sweep=spec.name)
+                    done = index.done_point(plan, rerun) is not None
+                    if not done:
+                        rep.start(plan.label(), slot=n)
+                if done:  # finished just before we claimed it: counted as shared on the next take
+                    queue.later(plan)
+                    continue
+                ctx = _Ctx(opts, index, rerun, rep, spec.name, lock, slot, stop)
+                if plan.is_max_batch:
+                    rec = _max_batch_point(plan, ctx)
+                    detail = _max_detail(rec)
+                else:
+                    rec = _run(plan.config, ctx, sweep=spec.name)
+                    with lock:
                         index.add(rec)
-                        detail = _run_detail(rec)
-                out.outcomes.append(PointOutcome(plan, rec.status, rec))
-                rep.finish(rec.status, rec.wall_time_s, detail)
+                    detail = _run_detail(rec)
+            with lock:
+                out.outcomes.append(PointOutcome(plan, rec.status, rec, slot=n))
+                rep.finish(rec.status, rec.wall_time_s, detail, slot=n)
+
+    def guarded(slot) -> None:
+        try:
+            work(slot)
+        except BaseException as e:  # noqa: BLE001 - the first failure stops every slot; the main thread re-raises
+            failures.append(e)
+            stop.set()
+
+    with interrupts_as_keyboard_interrupt() as seen:
+        threads = []
+        try:
+            if slot_list == [None]:
+                work(None)
+            else:
+                threads = [threading.Thread(target=guarded, args=(s,), name=f"ovprof-slot-{s.index}", daemon=True)
+                           for s in slot_list]
+                for t in threads:
+                    t.start()
+                while any(t.is_alive() for t in threads):
+                    for t in threads:
+                        t.join(timeout=0.2)
+                if failures:
+                    raise failures[0]
         except KeyboardInterrupt:
             out.interrupted = seen["signal"]
         except R.RecordNotStored as e:
@@ -223,15 +289,34 @@ def run_sweep(expansion: Expansion, opts: ExecOptions, *, rerun: bool = False,
             if e.kept_at is None:  # nowhere to keep it: the record itself is the last copy
                 out.store_error += "\n" + json.dumps(e.record.to_json(), sort_keys=True)
         finally:
+            stop.set()  # every slot's running worker is killed, and records nothing
+            for t in threads:
+                t.join(timeout=30)
             rep.close()
             out.wall_s = time.monotonic() - t0
     return out
 
 
-def _run(cfg, opts: ExecOptions, rep: Reporter, **kw) -> RunRecord:
+@dataclass
+class _Ctx:
+    """What a point needs from the sweep around it."""
+
+    opts: ExecOptions
+    index: "StoreIndex"
+    rerun: bool
+    rep: Reporter
+    sweep: str
+    lock: threading.RLock
+    slot: object = None
+    stop: threading.Event | None = None
+
+
+def _run(cfg, ctx: "_Ctx", **kw) -> RunRecord:
     from ovprof.runner.launch import run_point
 
-    return run_point(cfg, opts, on_phase=rep.phase, **kw)
+    n = ctx.slot.index if ctx.slot is not None else None
+    extra = {} if ctx.slot is None else {"slot": ctx.slot, "cancel": ctx.stop}
+    return run_point(cfg, ctx.opts, on_phase=lambda text: ctx.rep.phase(text, slot=n), **extra, **kw)
 
 
 def _first_line(s: object, n: int = 160) -> str:
@@ -258,32 +343,41 @@ def _max_detail(rec: MaxBatchRecord) -> str:
     return f"{(rec.error or {}).get('message', '')} ({n} trials)"
 
 
-def _max_batch_point(plan: RunPlan, opts: ExecOptions, index: StoreIndex, rerun: bool, rep: Reporter,
-                     sweep_name: str) -> MaxBatchRecord:
+def _max_batch_point(plan: RunPlan, ctx: _Ctx) -> MaxBatchRecord:
     """Search the largest batch for one point; every trial is a run record; returns the summary record."""
+    opts, index, rerun, rep, sweep_name = ctx.opts, ctx.index, ctx.rerun, ctx.rep, ctx.sweep
+    n = ctx.slot.index if ctx.slot is not None else None
     mb = plan.max_batch
     records: dict[int, RunRecord] = {}
     started, t0 = _now(), time.perf_counter()
 
     def attempt(batch: int) -> maxbatch.Trial:
         cfg = dataclasses.replace(plan.config, batch=batch)
-        rec = index.done_run(cfg.run_id, rerun)
+        with ctx.lock:
+            rec = index.done_run(cfg.run_id, rerun)
         reused = rec is not None
         while rec is None:
             with claims.claim(opts.store, cfg.run_id) as mine:
-                index.refresh()
-                rec = index.done_run(cfg.run_id, rerun)
+                with ctx.lock:
+                    index.refresh()
+                    rec = index.done_run(cfg.run_id, rerun)
                 reused = rec is not None
                 if rec is None and mine:
-                    rep.trial(batch)
-                    rec = _run(cfg, opts, rep, sweep=sweep_name, max_batch_search=plan.run_id)
-                    index.add(rec)
+                    with ctx.lock:
+                        rep.trial(batch, slot=n)
+                    rec = _run(cfg, ctx, sweep=sweep_name, max_batch_search=plan.run_id)
+                    with ctx.lock:
+                        index.add(rec)
             if rec is None:  # another sweep is running this very trial: its record decides
                 time.sleep(WAIT_POLL_S)
         records[batch] = rec
         return maxbatch.Trial(batch=batch, status=rec.status, run_id=rec.run_id, reused=reused)
 
-    result = maxbatch.search(mb, attempt, on_trial=lambda t: rep.trial(t.batch, t.status, t.reused))
+    def on_trial(t: maxbatch.Trial) -> None:
+        with ctx.lock:
+            rep.trial(t.batch, t.status, t.reused, slot=n)
+
+    result = maxbatch.search(mb, attempt, on_trial=on_trial)
     error = None
     if result.failed is not None:
         bad = records[result.failed.batch]
@@ -305,5 +399,6 @@ def _max_batch_point(plan: RunPlan, opts: ExecOptions, index: StoreIndex, rerun:
         growth_trial_bound=maxbatch.growth_bound(mb, result.first_oom_batch), started_at=started,
         finished_at=_now(), wall_time_s=time.perf_counter() - t0, error=error, env=env)
     R.append(opts.store, summary)
-    index.add(summary)
+    with ctx.lock:
+        index.add(summary)
     return summary

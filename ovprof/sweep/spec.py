@@ -30,7 +30,8 @@ from ovprof.errors import UsageError
 from ovprof.paths import plain_name
 
 MAX = "max"  # the sweep-level batch value that asks for the max-batch search
-TOP_KEYS = ("name", "description", "store", "timeout_s", "base", "axes", "zip", "exclude", "max_batch")
+TOP_KEYS = ("name", "description", "store", "timeout_s", "base", "axes", "zip", "exclude", "max_batch", "executor")
+EXECUTOR_KEYS = ("slots",)
 MAX_BATCH_KEYS = ("start", "granularity", "limit")
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -61,6 +62,7 @@ class SweepSpec:
     zips: tuple[tuple[tuple[str, tuple], ...], ...]  # each: (field, values) of equal length
     excludes: tuple[dict[str, tuple], ...]  # each: field -> accepted values (a point matching all is dropped)
     max_batch: MaxBatchOptions
+    slots: int = 1  # [executor] slots: points run at once on disjoint devices (--slots overrides)
 
     @property
     def grid_fields(self) -> tuple[str, ...]:
@@ -302,8 +304,16 @@ def load(path: str | Path) -> SweepSpec:
     if mbo.limit < mbo.start:
         raise ConfigError(f"is below start = {mbo.start}", source=s_mb, key="limit", value=mbo.limit)
 
+    s_ex = f"{src} [executor]"
+    ex = _table(data.get("executor", {}), "[executor]", s_ex)
+    for k in ex:
+        if k not in EXECUTOR_KEYS:
+            raise unknown_key_error(k, s_ex, EXECUTOR_KEYS)
+    slots = ex.get("slots", 1)
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ConfigError("must be a positive integer (points run at once)", source=s_ex, key="slots", value=slots)
     return SweepSpec(path=src, name=name, description=description.strip(), store=store, timeout_s=float(timeout_s),
-                     base=base, axes=axes, zips=tuple(zips), excludes=tuple(excludes), max_batch=mbo)
+                     base=base, axes=axes, zips=tuple(zips), excludes=tuple(excludes), max_batch=mbo, slots=slots)
 
 
 def overrides_from_cli(pairs: list[str], memory_budget_gib: float | None = None) -> dict[str, Any]:
