@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from ovprof.config import ExecOptions, RunConfig
 from ovprof.results import record as R
 from ovprof.runner import executor as X
@@ -118,3 +120,25 @@ def test_visible_devices_the_launcher_cannot_use_are_one_clear_error(tmp_path):
     cmd = X.worker_command(cfg, ExecOptions(), tmp_path / "s", tmp_path / "o", 29500,
                            environ={"CUDA_VISIBLE_DEVICES": "GPU-8a1b,GPU-77c2"})
     assert "torch.distributed.run" in cmd
+
+
+def test_the_zygote_serves_on_a_cpu_machine_and_refuses_nothing_it_cannot_fork():
+    from ovprof.runner.zygote import Zygote
+
+    z = Zygote()
+    try:
+        assert z.start(), z.refused  # warm, single-threaded after its imports
+        assert z.proc.poll() is None
+    finally:
+        z.close()
+
+
+@pytest.mark.slow
+def test_a_forked_worker_measures_exactly_what_a_fresh_one_does(tmp_path, monkeypatch):
+    cfg = RunConfig(**TINY, objective="openvision", zero=2, bucket_elems=1_000_000)
+    warm = run_point(cfg, ExecOptions(store=str(tmp_path / "a.jsonl")))
+    monkeypatch.setenv("OVPROF_ZYGOTE", "0")
+    cold = run_point(cfg, ExecOptions(store=str(tmp_path / "b.jsonl")))
+    assert warm.status == cold.status == "ok"
+    assert warm.metrics["peak_tracked_bytes"] == cold.metrics["peak_tracked_bytes"]
+    assert warm.metrics["tracked_breakdown_bytes"] == cold.metrics["tracked_breakdown_bytes"]

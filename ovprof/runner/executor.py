@@ -229,6 +229,26 @@ def last_phase(log_path: Path, chars: int = 8192) -> str | None:
     return lines[-1][len(PHASE_MARK):].strip() if lines else None
 
 
+class _Forked:
+    """A worker forked by the zygote, with the part of Popen's interface the executor uses."""
+
+    def __init__(self, zygote, pid: int):
+        self.zygote, self.pid, self.returncode = zygote, pid, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self.zygote.wait(self.pid, 0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            code = self.zygote.wait(self.pid, 1e9 if timeout is None else timeout)
+            if code is None:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            self.returncode = code
+        return self.returncode
+
+
 def _warn(msg: str) -> None:
     sys.stderr.write(f"warning: {msg}\n")
     sys.stderr.flush()
@@ -290,8 +310,12 @@ class LocalExecutor:
                     os.sched_setaffinity(0, cores)  # inherited by every rank and every process they start
 
             with open(job.log_path, "wb") as log:
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env, start_new_session=True, preexec_fn=start_worker)
+                zygote = self._zygote(cfg, opts)
+                if zygote is not None:  # a warm start: a fork of a process that has done the imports
+                    proc = _Forked(zygote, zygote.fork(cmd[cmd.index("-m") + 2:], env, job.log_path, cores))
+                else:
+                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=env, start_new_session=True, preexec_fn=start_worker)
                 if self.on_start:
                     self.on_start(proc)
                 try:
@@ -315,6 +339,15 @@ class LocalExecutor:
         out.wall_time_s = time.perf_counter() - t0
         out.finished_at = _now()
         return out
+
+    def _zygote(self, cfg: RunConfig, opts: ExecOptions):
+        """This thread's warm zygote for a single-rank point on a CPU machine, or None to spawn afresh."""
+        if cfg.world_size != 1 or opts.hostfile or os.environ.get("OVPROF_ZYGOTE", "1") == "0":
+            return None
+        from ovprof.runner.zygote import for_this_thread
+
+        z = for_this_thread()
+        return z if z.start() else None
 
     def _wait(self, proc: subprocess.Popen, job: Job, t0: float) -> bool:
         """Wait for the worker within its timeout, reporting phase changes; False when it timed out."""
