@@ -74,6 +74,9 @@ _ALL = (
     Metric("step_time_ms_min", "ms", "timer", "slowest", "step time min"),
     Metric("step_time_ms_max", "ms", "timer", "slowest", "step time max"),
     Metric("samples_per_s", "1/s", "timer", "slowest", "samples per second (all ranks)"),
+    Metric("samples_per_optimizer_step", "count", "timer", "rank0", "samples per optimizer step (all ranks)",
+           integer=True),
+    Metric("time_per_sample_ms", "ms", "timer", "slowest", "step time median per sample (all ranks)"),
     Metric("tflops_per_s", "TFLOP/s", "timer", "slowest", "model TFLOP/s per device"),
     Metric("mfu", "ratio", "timer", "slowest", "model FLOPs utilisation"),
     # analytic: from the formulas, not measured

@@ -36,8 +36,9 @@ class Estimate:
     forward_bytes: int
     backward_bytes: int
     optimizer_bytes: int
-    flops_per_step: int
+    flops_per_step: int  # model FLOPs of one optimizer step (grad_accum micro-steps) per rank
     optimizer_impl: str  # torch AdamW's implementation the optimizer term models (config.optimizer_impl)
+    optimizer_state_dtype: str  # fp32 | bf16 (first moment in bf16)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -60,14 +61,15 @@ def estimate(cfg: RunConfig, method: str = "fake", attention: str = "flash") -> 
     c = cfg.resolved()
     step = model_step(c, method, attention)
     z = zero_memory(step, zero=c.zero, world_size=c.world_size, precision=c.precision, bucket_elems=c.bucket_elems,
-                    optimizer_impl=optimizer_impl(c))
+                    optimizer_impl=optimizer_impl(c), optimizer_state_dtype=c.optimizer_state_dtype, grad_accum=c.grad_accum)
     return Estimate(
         method=method, attention=attention, peak_bytes=z.peak_bytes, peak_phase=z.peak_phase,
         parameters_bytes=z.parameters_bytes, gradients_bytes=z.gradients_bytes,
         optimizer_state_bytes=z.optimizer_state_bytes, inputs_bytes=z.inputs_bytes, bucket_bytes=z.bucket_bytes,
         activations_bytes=step.activation_bytes, logits_bytes=step.logits_bytes if method == "analytic" else None,
         forward_bytes=z.forward_bytes, backward_bytes=z.backward_bytes, optimizer_bytes=z.optimizer_bytes,
-        flops_per_step=step_flops(c).total, optimizer_impl=optimizer_impl(c),
+        flops_per_step=step_flops(c).total * c.grad_accum, optimizer_impl=optimizer_impl(c),
+        optimizer_state_dtype=c.optimizer_state_dtype,
     )
 
 
