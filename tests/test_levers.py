@@ -122,3 +122,53 @@ def test_a_lever_runs_and_the_estimate_matches_the_tracked_peak(tmp_path, kw):
         P = m["param_count"]
         assert m["tracked_start_breakdown_bytes"]["optimizer_state"] - e.optimizer_state_bytes < 1024
         assert e.optimizer_state_bytes == 6 * P
+
+
+# -- attention ------------------------------------------------------------------------------------------------
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_an_attention_backend_this_machine_lacks_is_refused_in_one_line(tmp_path):
+    if _cuda():
+        pytest.skip("on CUDA every backend may exist")
+    r = ovprof("run", "--set", 'attention="efficient"', "--out", str(tmp_path / "r.jsonl"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "attention" in r.stderr and "efficient" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_the_cpu_runs_auto_math_and_flash():
+    from ovprof.runner.devices import attention_refusal
+
+    for backend in ("auto", "math", "flash"):
+        assert attention_refusal(backend, "fp32") is None, backend
+    if not _cuda():
+        assert attention_refusal("cudnn", "fp32") is not None
+
+
+def test_the_estimate_costs_the_attention_field():
+    from ovprof.estimate import attention_model, estimate
+
+    cfg = RunConfig(**{**TINY, "objective": "openvision"})
+    assert attention_model(cfg) == "flash" and attention_model(cfg, "native") == "native"
+    for backend, model in (("flash", "flash"), ("efficient", "flash"), ("cudnn", "flash"), ("math", "math")):
+        assert estimate(dataclasses.replace(cfg, attention=backend), "analytic").attention == model
+    math = estimate(dataclasses.replace(cfg, attention="math"), "analytic")
+    assert math.activations_bytes > estimate(cfg, "analytic").activations_bytes  # the scores are kept
+    r = ovprof("estimate", "--encoder", "vit-debug", "--attention", "cudnn", "--method", "analytic", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["config"]["attention"] == "cudnn"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["math", "flash"])
+def test_an_attention_backend_runs_at_debug_size(tmp_path, backend):
+    from ovprof.config import ExecOptions
+    from ovprof.runner.launch import run_point
+
+    rec = run_point(RunConfig(**{**TINY, "attention": backend}), ExecOptions(store=str(tmp_path / "r.jsonl")))
+    assert rec.status == "ok", rec.error
+    assert rec.config["attention"] == backend
