@@ -38,6 +38,8 @@ OPTIMIZER_STATE_DTYPES = ("fp32", "bf16")
 # scaled_dot_product_attention's backend, applied with torch.nn.attention.sdpa_kernel around every step; auto lets
 # torch choose. Which ones this machine has: ovprof/measure/hardware.attention_backends (checked by the worker).
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "math", "cudnn")
+# torch.compile of the model through DeepSpeed's engine.compile (inductor), mode as torch.compile's; none = eager.
+COMPILE_MODES = ("none", "default", "max-autotune")
 
 
 def optimizer_impl(cfg: "RunConfig") -> str:
@@ -79,6 +81,7 @@ class RunConfig:
     optimizer_state_dtype: str = "fp32"  # Adam's moments: fp32, or bf16 = first moment in bf16 (OpenVision 2)
     grad_accum: int = 1  # micro-steps (of `batch` each) per optimizer step; a timed step is one optimizer step
     attention: str = "auto"  # SDPA backend: auto | flash | efficient | math | cudnn (torch.nn.attention)
+    compile: str = "none"  # torch.compile mode of the model: none (eager) | default | max-autotune
 
     def __post_init__(self) -> None:
         validate(self)
@@ -144,7 +147,8 @@ FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 # Fields added after records and baselines were written, whose default reproduces what ran before they existed.
 # At its default such a field is left out of run_id, so existing stores resume and match as they did. Add each
 # new field here (docs/architecture.md, "Add a sweep axis"); never remove one.
-ID_STABLE_FIELDS: tuple[str, ...] = ("optimizer_impl", "optimizer_state_dtype", "grad_accum", "attention")
+ID_STABLE_FIELDS: tuple[str, ...] = ("optimizer_impl", "optimizer_state_dtype", "grad_accum", "attention",
+                                        "compile")
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunConfig)}  # the one copy of the defaults
 _FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
 
@@ -201,6 +205,9 @@ def validate(c: RunConfig) -> None:
     _choice("optimizer_impl", c.optimizer_impl, OPTIMIZER_IMPLS)
     _choice("optimizer_state_dtype", c.optimizer_state_dtype, OPTIMIZER_STATE_DTYPES)
     _choice("attention", c.attention, ATTENTION_BACKENDS)
+    _choice("compile", c.compile, COMPILE_MODES)
+    _check(c.compile == "none" or c.warmup >= 1, "warmup", c.warmup, "must be >= 1 with compile: the first step "
+                                                                       "compiles, and is never a timed one")
     _check(c.optimizer_state_dtype == "fp32" or c.optimizer_impl == "forloop", "optimizer_state_dtype",
            c.optimizer_state_dtype, f"bf16 moments are implemented for optimizer_impl forloop only, not "
                                     f"{c.optimizer_impl}")

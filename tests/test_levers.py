@@ -172,3 +172,29 @@ def test_an_attention_backend_runs_at_debug_size(tmp_path, backend):
     rec = run_point(RunConfig(**{**TINY, "attention": backend}), ExecOptions(store=str(tmp_path / "r.jsonl")))
     assert rec.status == "ok", rec.error
     assert rec.config["attention"] == backend
+
+
+# -- compile --------------------------------------------------------------------------------------------------
+
+def test_compile_modes_and_warmup():
+    assert RunConfig(**{**TINY, "compile": "default"}).compile == "default"
+    with pytest.raises(ConfigError) as e:
+        RunConfig(**{**TINY, "compile": "reduce-overhead"})
+    assert e.value.key == "compile"
+    with pytest.raises(ConfigError) as e:
+        RunConfig(**{**TINY, "compile": "default", "warmup": 0})  # the compiling step would be a timed one
+    assert e.value.key == "warmup"
+
+
+@pytest.mark.slow
+def test_compile_default_runs_at_debug_size_with_its_compile_time_apart(tmp_path):
+    from ovprof.config import ExecOptions
+    from ovprof.runner.launch import run_point
+
+    rec = run_point(RunConfig(**{**TINY, "compile": "default", "steps": 3}),
+                    ExecOptions(store=str(tmp_path / "r.jsonl")))
+    assert rec.status == "ok", rec.error
+    m = rec.metrics
+    assert m["compile_s"] > 0 and m["recompiles_timed"] == 0
+    assert m["peak_tracked_bytes"] is None and "inductor" in rec.null_reasons["peak_tracked_bytes"]
+    assert m["peak_rss_steps_bytes"] > 0

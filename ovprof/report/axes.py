@@ -1,5 +1,5 @@
 """The one-axis tables: how step time and memory move along mask ratio, batch, ZeRO stage, loss_impl or the
-levers (optimizer_impl, optimizer_state_dtype, grad_accum, attention); every run.
+levers (optimizer_impl, optimizer_state_dtype, grad_accum, attention, compile); every run.
 
     ovprof report results/quickstart.jsonl --out reports/quickstart   # mask_ratio.csv, batch.csv, zero.csv, ...
 
@@ -22,7 +22,7 @@ from ovprof.report.load import BREAKDOWN, ENV_FIELDS, MEMORY_SOURCES, SETTING_FI
 
 LOSS_IMPL_ORDER = {"eager": 0, "chunked": 1, "triton": 2}
 # The survey's levers (docs/levers.md): each value against the field's default at the same setting.
-LEVER_AXES = ("optimizer_impl", "optimizer_state_dtype", "grad_accum", "attention")
+LEVER_AXES = ("optimizer_impl", "optimizer_state_dtype", "grad_accum", "attention", "compile")
 
 
 def one_row_per_run(runs: pd.DataFrame, ctx: Context, axis: str, cells: Callable[[pd.Series, pd.DataFrame], dict],
@@ -219,9 +219,10 @@ def levers_table(data: Data, ctx: Context) -> Table:
             Column("change_sample_pct", "time per sample vs default %", "pct"),
             Column("change_tracked_pct", "tracked peak vs default %", "pct")]
     notes = ["Each lever's value against the lever's default at the same setting (docs/levers.md): optimizer_impl "
-             "forloop, optimizer_state_dtype fp32, grad_accum 1, attention auto. A step is one optimizer step, so "
+             "forloop, optimizer_state_dtype fp32, grad_accum 1, attention auto, compile none. A step is one optimizer step, so "
              "at grad_accum k it runs k micro-batches: compare time per sample. Negative % = faster or less "
-             "memory than the default."]
+             "memory than the default. A compiled run has no tracked peak (the tracker cannot see inductor's buffers): "
+             "compare its RSS (CPU) or allocator peak (CUDA) in the runs table."]
     return axis_table("levers", "Levers: each value against the default at the same setting", rows, cols, notes,
                       "no setting was measured at more than one value of a lever")
 

@@ -142,6 +142,13 @@ def measure_steps(step, sync, *, steps: int, timer, monitors, nvml, sink, settle
     nvml.sample(step, sync, NVML_STEPS, sink)
 
 
+def _compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (a recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def _attention_context(backend: str):
     """A context factory that pins scaled_dot_product_attention to `backend` (auto: torch chooses)."""
     import contextlib
@@ -247,6 +254,11 @@ class Runner:
             client_optimizer = AdamWBf16Moment(model.parameters(), **ADAMW_PARAMS)
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                                optimizer=client_optimizer, config=self.ds_config)
+        if c.compile != "none":
+            # DeepSpeed's own engine.compile (module.compile in place, inductor), after initialize: the hooks
+            # ZeRO put on the module are in place when dynamo traces it, and the engine knows it is compiled.
+            # Compilation itself happens lazily, in the first warm-up step.
+            engine.compile(compile_kwargs={"mode": c.compile})
         batch = objectives.make_batch(c, device, rank=self.rank)
         sink.set("startup_s", time.perf_counter() - self.t_start)
         # CPU step times depend on intra-op threads and on what else runs on the cores: record them.
@@ -272,24 +284,44 @@ class Runner:
 
         # Warm-up. Under a CPU budget the first step is tracked, so an over-budget point fails fast.
         self.phase = "warmup"
+        first_step_s = None
         for i in range(c.warmup):
-            if i == 0 and cpu_budget:
+            if i == 0 and c.compile != "none":
+                t0 = time.perf_counter()
+                step()
+                sync()
+                first_step_s = time.perf_counter() - t0
+            elif i == 0 and cpu_budget:
                 self._tracked(engine, model, batch, budget=cpu_budget, attention=attention, accum=c.grad_accum)
             else:
                 step()
         sync()
 
+        graphs_before = _compiled_graphs() if c.compile != "none" else None
         measure_steps(step, sync, steps=c.steps, timer=timer, monitors=[AllocatorMonitor(cuda_device), rss],
                       nvml=NvmlMonitor(cuda_device, self.local_rank), sink=sink, settle=cuda,
                       skipped_steps=lambda: getattr(engine, "skipped_steps", None), on_phase=self._set_phase)
 
-        # Tracked steps: the exact live-tensor peak of a steady-state step.
-        self.phase = "tracked"
-        tr = None
-        for _ in range(TRACKED_STEPS):
-            tr = self._tracked(engine, model, batch, budget=cpu_budget, prev=tr, attention=attention,
-                               accum=c.grad_accum)
-        read_tracker(tr, TRACKED_STEPS, sink)
+        if c.compile == "none":
+            sink.null("compile_s", "compile = none")
+            sink.null("recompiles_timed", "compile = none")
+            # Tracked steps: the exact live-tensor peak of a steady-state step.
+            self.phase = "tracked"
+            tr = None
+            for _ in range(TRACKED_STEPS):
+                tr = self._tracked(engine, model, batch, budget=cpu_budget, prev=tr, attention=attention,
+                                   accum=c.grad_accum)
+            read_tracker(tr, TRACKED_STEPS, sink)
+        else:
+            sink.set("compile_s", max(0.0, first_step_s - sink.values["step_time_ms_median"] / 1e3))
+            sink.set("recompiles_timed", _compiled_graphs() - graphs_before)
+            # Inductor's generated code allocates its buffers outside the dispatcher, where the tracker (a
+            # TorchDispatchMode) cannot see them; a dispatch mode around compiled code also changes what runs.
+            why = ("compile: inductor's code allocates its buffers outside the dispatcher, invisible to the tensor "
+                   "tracker; the memory is in peak_rss_steps_bytes (CPU) or peak_allocated_bytes (CUDA)")
+            for name in ("peak_tracked_bytes", "tracked_breakdown_bytes", "tracked_phase_peak_bytes",
+                         "tracked_start_breakdown_bytes", "tracked_steps"):
+                sink.null(name, why)
         rss.read_life(sink)
         sink.set("param_count", sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters()))
         self.phase = "done"
