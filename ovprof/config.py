@@ -25,7 +25,7 @@ from ovprof.errors import ConfigError  # noqa: F401 - re-exported: `from ovprof.
 OBJECTIVES = tuple(objectives.names())  # the registry, ovprof/objectives/
 MASK_POSITIONS = ("decoder", "encoder")
 PRECISIONS = ("bf16", "fp16", "fp32")
-LOSS_IMPLS = ("eager", "chunked", "triton")
+LOSS_IMPLS = ("eager", "chunked", "triton", "compiled")  # compiled: eager under torch.compile (docs/levers.md)
 # torch AdamW's implementation (docs/levers.md). Left to itself (DeepSpeed passes foreach=None) torch picks
 # "foreach" only when every parameter is on CUDA, so the optimizer step's memory would differ between CPU and GPU;
 # ovprof always names one. "forloop" (one tensor at a time) is what CPU runs have always used, so CPU records and
@@ -206,7 +206,7 @@ def validate(c: RunConfig) -> None:
     _choice("optimizer_state_dtype", c.optimizer_state_dtype, OPTIMIZER_STATE_DTYPES)
     _choice("attention", c.attention, ATTENTION_BACKENDS)
     _choice("compile", c.compile, COMPILE_MODES)
-    _check(c.compile == "none" or c.warmup >= 1, "warmup", c.warmup, "must be >= 1 with compile: the first step "
+    _check((c.compile == "none" and c.loss_impl != "compiled") or c.warmup >= 1, "warmup", c.warmup, "must be >= 1 with compile: the first step "
                                                                        "compiles, and is never a timed one")
     _check(c.optimizer_state_dtype == "fp32" or c.optimizer_impl == "forloop", "optimizer_state_dtype",
            c.optimizer_state_dtype, f"bf16 moments are implemented for optimizer_impl forloop only, not "

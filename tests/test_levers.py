@@ -198,3 +198,31 @@ def test_compile_default_runs_at_debug_size_with_its_compile_time_apart(tmp_path
     assert m["compile_s"] > 0 and m["recompiles_timed"] == 0
     assert m["peak_tracked_bytes"] is None and "inductor" in rec.null_reasons["peak_tracked_bytes"]
     assert m["peak_rss_steps_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_loss_impl_compiled_equals_eager_and_runs(tmp_path):
+    import torch
+
+    from ovprof.config import ExecOptions
+    from ovprof.models.losses import caption_loss
+    from ovprof.runner.launch import run_point
+
+    torch.manual_seed(0)
+    h, w = torch.randn(2, 5, 16, requires_grad=True), torch.randn(64, 16, requires_grad=True)
+    t = torch.randint(0, 64, (2, 5))
+    eager, compiled = caption_loss(h, w, t, "eager"), caption_loss(h, w, t, "compiled")
+    torch.testing.assert_close(compiled, eager)
+    rec = run_point(RunConfig(**{**TINY, "loss_impl": "compiled"}), ExecOptions(store=str(tmp_path / "r.jsonl")))
+    assert rec.status == "ok", rec.error
+    assert rec.metrics["compile_s"] > 0 and rec.metrics["recompiles_timed"] == 0
+    assert rec.metrics["peak_tracked_bytes"] is None
+
+
+def test_loss_impl_compiled_is_estimated_as_eager():
+    from ovprof.estimate import estimate
+
+    cfg = RunConfig(**TINY)
+    for method in ("fake", "analytic"):
+        assert estimate(dataclasses.replace(cfg, loss_impl="compiled"), method).peak_bytes == \
+            estimate(cfg, method).peak_bytes

@@ -20,7 +20,7 @@ from ovprof.report.cells import (GIB, SETTING_COLUMNS, SOURCE_NAME, Column, Cont
                                  ratio, setting_cells)
 from ovprof.report.load import BREAKDOWN, ENV_FIELDS, MEMORY_SOURCES, SETTING_FIELDS, Data, key_of, variant_label
 
-LOSS_IMPL_ORDER = {"eager": 0, "chunked": 1, "triton": 2}
+LOSS_IMPL_ORDER = {"eager": 0, "compiled": 1, "chunked": 2, "triton": 3}
 # The survey's levers (docs/levers.md): each value against the field's default at the same setting.
 LEVER_AXES = ("optimizer_impl", "optimizer_state_dtype", "grad_accum", "attention", "compile")
 
@@ -175,7 +175,9 @@ def loss_impl_table(data: Data, ctx: Context) -> Table:
     notes = ["eager materializes the caption head's logits (tokens x vocabulary) and their fp32 copies; chunked "
              "(PyTorch, any device) and triton (fused kernel, CUDA or TRITON_INTERPRET=1) never hold them whole "
              "(docs/fused-ce.md). Negative % = less memory than eager at the same setting. What the loss can save "
-             "is bounded by eager's own logits memory, so its share shrinks as activations grow."]
+             "is bounded by eager's own logits memory, so its share shrinks as activations grow. compiled is eager "
+             "under torch.compile, the baseline fused kernels are judged against; it has no tracked peak (inductor's "
+             "buffers are invisible to the tracker): compare RSS or the allocator."]
     return axis_table("loss_impl", "Caption head + cross-entropy: eager vs fused (loss_impl)", rows, cols, notes,
                       "no setting was measured with more than one loss_impl")
 

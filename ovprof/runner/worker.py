@@ -286,7 +286,7 @@ class Runner:
         self.phase = "warmup"
         first_step_s = None
         for i in range(c.warmup):
-            if i == 0 and c.compile != "none":
+            if i == 0 and (c.compile != "none" or c.loss_impl == "compiled"):
                 t0 = time.perf_counter()
                 step()
                 sync()
@@ -297,14 +297,15 @@ class Runner:
                 step()
         sync()
 
-        graphs_before = _compiled_graphs() if c.compile != "none" else None
+        compiled = c.compile != "none" or c.loss_impl == "compiled"
+        graphs_before = _compiled_graphs() if compiled else None
         measure_steps(step, sync, steps=c.steps, timer=timer, monitors=[AllocatorMonitor(cuda_device), rss],
                       nvml=NvmlMonitor(cuda_device, self.local_rank), sink=sink, settle=cuda,
                       skipped_steps=lambda: getattr(engine, "skipped_steps", None), on_phase=self._set_phase)
 
-        if c.compile == "none":
-            sink.null("compile_s", "compile = none")
-            sink.null("recompiles_timed", "compile = none")
+        if not compiled:
+            sink.null("compile_s", "compile = none and loss_impl is not compiled")
+            sink.null("recompiles_timed", "compile = none and loss_impl is not compiled")
             # Tracked steps: the exact live-tensor peak of a steady-state step.
             self.phase = "tracked"
             tr = None
@@ -317,7 +318,7 @@ class Runner:
             sink.set("recompiles_timed", _compiled_graphs() - graphs_before)
             # Inductor's generated code allocates its buffers outside the dispatcher, where the tracker (a
             # TorchDispatchMode) cannot see them; a dispatch mode around compiled code also changes what runs.
-            why = ("compile: inductor's code allocates its buffers outside the dispatcher, invisible to the tensor "
+            why = ("compile or loss_impl compiled: inductor's code allocates its buffers outside the dispatcher, invisible to the tensor "
                    "tracker; the memory is in peak_rss_steps_bytes (CPU) or peak_allocated_bytes (CUDA)")
             for name in ("peak_tracked_bytes", "tracked_breakdown_bytes", "tracked_phase_peak_bytes",
                          "tracked_start_breakdown_bytes", "tracked_steps"):
