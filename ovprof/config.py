@@ -25,18 +25,27 @@ from ovprof.errors import ConfigError  # noqa: F401 - re-exported: `from ovprof.
 OBJECTIVES = tuple(objectives.names())  # the registry, ovprof/objectives/
 MASK_POSITIONS = ("decoder", "encoder")
 PRECISIONS = ("bf16", "fp16", "fp32")
-LOSS_IMPLS = ("eager", "chunked", "triton")
-# torch AdamW's implementation. Left to itself (DeepSpeed passes foreach=None) torch picks "foreach" only when every
-# parameter is on CUDA, so the optimizer step's memory would differ between CPU and GPU; ovprof always names one.
-# "for-loop" (one tensor at a time) is what CPU runs have always used, so CPU records and baselines are unchanged.
-OPTIMIZER_IMPLS = ("for-loop", "foreach")
-DEFAULT_OPTIMIZER_IMPL = "for-loop"
+LOSS_IMPLS = ("eager", "chunked", "triton", "compiled")  # compiled: eager under torch.compile (docs/levers.md)
+# torch AdamW's implementation (docs/levers.md). Left to itself (DeepSpeed passes foreach=None) torch picks
+# "foreach" only when every parameter is on CUDA, so the optimizer step's memory would differ between CPU and GPU;
+# ovprof always names one. "forloop" (one tensor at a time) is what CPU runs have always used, so CPU records and
+# baselines are unchanged. "fused" is torch's single-kernel AdamW (CUDA, and CPU since torch 2.4).
+OPTIMIZER_IMPLS = ("forloop", "foreach", "fused")
+DEFAULT_OPTIMIZER_IMPL = "forloop"
+# Adam's moments: fp32 both, or bf16 = the first moment (exp_avg) stored in bf16, the second (exp_avg_sq) in fp32,
+# as OpenVision 2 does (optax adamw with mu_dtype=bfloat16). Implemented by ovprof/kernels/adamw.py (for-loop).
+OPTIMIZER_STATE_DTYPES = ("fp32", "bf16")
+# scaled_dot_product_attention's backend, applied with torch.nn.attention.sdpa_kernel around every step; auto lets
+# torch choose. Which ones this machine has: ovprof/measure/hardware.attention_backends (checked by the worker).
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "math", "cudnn")
+# torch.compile of the model through DeepSpeed's engine.compile (inductor), mode as torch.compile's; none = eager.
+COMPILE_MODES = ("none", "default", "max-autotune")
 
 
 def optimizer_impl(cfg: "RunConfig") -> str:
     """The AdamW implementation `cfg` runs: the one place it is chosen (the DeepSpeed config and the estimate ask
-    here). A sweep axis `optimizer_impl` becomes a RunConfig field read here, its default DEFAULT_OPTIMIZER_IMPL."""
-    return getattr(cfg, "optimizer_impl", DEFAULT_OPTIMIZER_IMPL)
+    here)."""
+    return cfg.optimizer_impl
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,11 @@ class RunConfig:
     mask_grid: int = 0  # masking block side in patches (1 = per patch); 0 = MAE 1, Pixio 4; must divide the grid
     cls_tokens: int | None = None  # learned class tokens of the encoder; none = MAE 1, Pixio 8
     norm_pix_loss: bool = True  # pixel targets normalised per patch (MAE's norm_pix_loss, Pixio's default)
+    optimizer_impl: str = "forloop"  # torch AdamW: forloop (one tensor at a time) | foreach | fused
+    optimizer_state_dtype: str = "fp32"  # Adam's moments: fp32, or bf16 = first moment in bf16 (OpenVision 2)
+    grad_accum: int = 1  # micro-steps (of `batch` each) per optimizer step; a timed step is one optimizer step
+    attention: str = "auto"  # SDPA backend: auto | flash | efficient | math | cudnn (torch.nn.attention)
+    compile: str = "none"  # torch.compile mode of the model: none (eager) | default | max-autotune
 
     def __post_init__(self) -> None:
         validate(self)
@@ -146,7 +160,8 @@ FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 # Fields added after records and baselines were written, whose default reproduces what ran before they existed.
 # At its default such a field is left out of run_id, so existing stores resume and match as they did. Add each
 # new field here (docs/architecture.md, "Add a sweep axis"); never remove one.
-ID_STABLE_FIELDS: tuple[str, ...] = ("pixel_decoder", "mask_grid", "cls_tokens", "norm_pix_loss")
+ID_STABLE_FIELDS: tuple[str, ...] = ("pixel_decoder", "mask_grid", "cls_tokens", "norm_pix_loss", "optimizer_impl",
+                                    "optimizer_state_dtype", "grad_accum", "attention", "compile")
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunConfig)}  # the one copy of the defaults
 _FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
 
@@ -200,6 +215,16 @@ def validate(c: RunConfig) -> None:
     _choice("precision", c.precision, PRECISIONS)
     _choice("loss_impl", c.loss_impl, LOSS_IMPLS)
     _choice("zero", c.zero, (0, 1, 2, 3))
+    _choice("optimizer_impl", c.optimizer_impl, OPTIMIZER_IMPLS)
+    _choice("optimizer_state_dtype", c.optimizer_state_dtype, OPTIMIZER_STATE_DTYPES)
+    _choice("attention", c.attention, ATTENTION_BACKENDS)
+    _choice("compile", c.compile, COMPILE_MODES)
+    _check((c.compile == "none" and c.loss_impl != "compiled") or c.warmup >= 1, "warmup", c.warmup, "must be >= 1 with compile: the first step "
+                                                                       "compiles, and is never a timed one")
+    _check(c.optimizer_state_dtype == "fp32" or c.optimizer_impl == "forloop", "optimizer_state_dtype",
+           c.optimizer_state_dtype, f"bf16 moments are implemented for optimizer_impl forloop only, not "
+                                    f"{c.optimizer_impl}")
+    _check(c.grad_accum >= 1, "grad_accum", c.grad_accum, "must be a positive integer (micro-steps per step)")
     _check(0.0 <= c.mask_ratio < 1.0, "mask_ratio", c.mask_ratio, "must be in [0, 1)")
     _check(c.batch >= 1, "batch", c.batch, "must be a positive integer")
     _check(c.world_size >= 1, "world_size", c.world_size, "must be a positive integer")
@@ -227,8 +252,13 @@ def validate(c: RunConfig) -> None:
     except json.JSONDecodeError as e:
         raise ConfigError(f"is not valid JSON ({e.msg})", key="ds_config_base", value=c.ds_config_base[:40]) from None
     _check(isinstance(base, dict), "ds_config_base", c.ds_config_base[:40], "must be a JSON object")
+    if "optimizer" in base:  # the base's own optimizer runs as written: ovprof's optimizer fields would not apply
+        for k in ("optimizer_impl", "optimizer_state_dtype"):
+            _check(getattr(c, k) == DEFAULTS[k], k, getattr(c, k), "does not apply: the DeepSpeed base config "
+                                                                    "names its own optimizer")
     if c.mask_position == "encoder" and c.mask_ratio > 0:
         _check(c.kept_tokens >= 1, "mask_ratio", c.mask_ratio, "keeps no patch")
+    _check(c.grad_accum <= MAX_STEPS, "grad_accum", c.grad_accum, f"is above {MAX_STEPS:,} micro-steps per step")
     _check(c.steps <= MAX_STEPS, "steps", c.steps, f"is above {MAX_STEPS:,}: a measurement needs tens of steps")
     _check(c.warmup <= MAX_STEPS, "warmup", c.warmup, f"is above {MAX_STEPS:,}: warm-up needs a few steps")
     _check(c.world_size <= 2**20, "world_size", c.world_size, "is more ranks than any cluster has")

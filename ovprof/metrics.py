@@ -74,6 +74,9 @@ _ALL = (
     Metric("step_time_ms_min", "ms", "timer", "slowest", "step time min"),
     Metric("step_time_ms_max", "ms", "timer", "slowest", "step time max"),
     Metric("samples_per_s", "1/s", "timer", "slowest", "samples per second (all ranks)"),
+    Metric("samples_per_optimizer_step", "count", "timer", "rank0", "samples per optimizer step (all ranks)",
+           integer=True),
+    Metric("time_per_sample_ms", "ms", "timer", "slowest", "step time median per sample (all ranks)"),
     Metric("tflops_per_s", "TFLOP/s", "timer", "slowest", "model TFLOP/s per device"),
     Metric("mfu", "ratio", "timer", "slowest", "model FLOPs utilisation"),
     # analytic: from the formulas, not measured
@@ -113,6 +116,9 @@ _ALL = (
     # the worker's own life
     Metric("startup_s", "s", "runtime", "rank0", "start-up (imports, engine)"),
     Metric("torch_num_threads", "threads", "runtime", "rank0", "torch intra-op threads", integer=True),
+    Metric("compile_s", "s", "runtime", "max", "compilation (first warm-up step less a timed step's median)"),
+    Metric("recompiles_timed", "count", "runtime", "max", "graphs compiled after warm-up (should be 0)",
+           integer=True),
     Metric("skipped_steps", "count", "runtime", "max", "timed steps skipped by fp16 loss scaling", integer=True),
     # the launcher, in the parent: wall time not spent in timed steps
     Metric("overhead_s", "s", "launcher", "rank0", "overhead beyond the timed steps"),

@@ -115,25 +115,32 @@ def test_deepspeed_config_names_the_adamw_implementation_and_the_estimate_models
     cfg = RunConfig(encoder="vit-debug", batch=2)
     # DeepSpeed would pass foreach=None, and torch would then pick foreach on CUDA only
     assert build(cfg)["optimizer"]["params"]["foreach"] is (optimizer_impl(cfg) == "foreach")
-    assert optimizer_impl(cfg) == DEFAULT_OPTIMIZER_IMPL == "for-loop"  # what CPU runs always ran
-    assert estimate(cfg, "analytic").optimizer_impl == "for-loop"
+    assert optimizer_impl(cfg) == DEFAULT_OPTIMIZER_IMPL == "forloop"  # what CPU runs always ran
+    assert estimate(cfg, "analytic").optimizer_impl == "forloop"
 
 
-@pytest.mark.parametrize("impl", ["for-loop", "foreach"])
-def test_adamw_temporaries_equal_the_tracked_bytes_of_torchs_step(impl):
-    """Both implementations, measured on CPU with torch's own AdamW (the foreach ops run their per-tensor
-    fallback here, which allocates the same outputs as the CUDA kernels)."""
+@pytest.mark.parametrize("impl,state_dtype", [("forloop", "fp32"), ("foreach", "fp32"), ("fused", "fp32"),
+                                              ("forloop", "bf16")])
+def test_adamw_temporaries_and_state_equal_the_tracked_bytes_of_the_step(impl, state_dtype):
+    """Every implementation, measured on CPU (torch's foreach ops run their per-tensor fallback here, which
+    allocates the same outputs as the CUDA kernels; fused runs torch's CPU kernel; bf16 moments run
+    ovprof/kernels/adamw.py): the temporaries, and the state bytes (bf16: the first moment's half less)."""
     import torch
 
     from ovprof import objectives
     from ovprof.estimate.zero import adamw_temporaries_bytes
+    from ovprof.kernels.adamw import AdamWBf16Moment
     from ovprof.measure.memory import TensorTracker, optimizer_tensors
 
     cfg = RunConfig(encoder="vit-debug", vocab_size=512, caption_len=16, batch=2).resolved()
     torch.manual_seed(0)
     model = objectives.build_model(cfg)
     params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.2, foreach=impl == "foreach")
+    hyper = dict(lr=1e-4, betas=(0.9, 0.95), weight_decay=0.2)
+    if state_dtype == "bf16":
+        opt = AdamWBf16Moment(params, **hyper)
+    else:
+        opt = torch.optim.AdamW(params, **hyper, foreach=impl == "foreach", fused=impl == "fused" or None)
     batch = objectives.make_batch(cfg, torch.device("cpu"), rank=0)
     model(**batch).backward()
     opt.step()  # the state exists from here on
@@ -144,8 +151,11 @@ def test_adamw_temporaries_equal_the_tracked_bytes_of_torchs_step(impl):
         with tr.phase("optimizer"):
             opt.step()
     numels = tuple(p.numel() for p in params)
-    predicted = adamw_temporaries_bytes(impl, stepped_numel=sum(numels), largest_numel=max(numels), numels=numels)
+    predicted = adamw_temporaries_bytes(impl, stepped_numel=sum(numels), largest_numel=max(numels), numels=numels,
+                                        state_dtype=state_dtype)
     assert tr.phase_peak_bytes["optimizer"] - tr.start_bytes == predicted
+    moments = sum(t.numel() * t.element_size() for s in opt.state.values() for k, t in s.items() if k != "step")
+    assert moments == (6 if state_dtype == "bf16" else 8) * sum(numels)
 
 
 @pytest.mark.slow

@@ -94,7 +94,7 @@ def test_verdict_passes_on_good_records():
     assert failed(checks) == []
     assert {c["check"] for c in checks} >= {"status ok", "mfu set", "a reason on every null",
                                             "reserved at reset <= peak reserved", "status oom",
-                                            "optimizer phase = estimate (for-loop)", "NVML sampled its own steps"}
+                                            "optimizer phase = estimate (forloop)", "NVML sampled its own steps"}
 
 
 @pytest.mark.parametrize("records, expected", [
@@ -103,7 +103,7 @@ def test_verdict_passes_on_good_records():
     ([healthy(0, "eager", reserved_at_reset_bytes=4 << 30), oom(1.0), oom(None)],
      ("zero 0 eager", "reserved at reset <= peak reserved")),
     ([healthy(0, "eager", tracked_phase_peak_bytes={"optimizer": 10**9}), oom(1.0), oom(None)],
-     ("zero 0 eager", "optimizer phase = estimate (for-loop)")),
+     ("zero 0 eager", "optimizer phase = estimate (forloop)")),
     ([healthy(0, "eager"), oom(None)], ("forced-oom", "present")),
 ])
 def test_verdict_fails_on_what_item_9_forbids(records, expected):

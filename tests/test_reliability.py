@@ -324,13 +324,6 @@ def test_a_sweep_takes_a_base_by_path_and_plan_json_shows_the_merge(tmp_path):
     assert r.returncode == 2 and "nope.json" in r.stderr and "ds_config_base" in r.stderr
 
 
-def test_gradient_accumulation_in_a_base_is_refused_until_ovprof_models_it(tmp_path):
-    base = tmp_path / "base.json"
-    base.write_text(json.dumps({"gradient_accumulation_steps": 8}))
-    r = ovprof("run", "--ds-config", str(base), "--dry-run")
-    assert r.returncode == 2 and "gradient_accumulation_steps" in r.stderr
-
-
 @pytest.mark.slow
 def test_a_stage3_bf16_base_runs_and_is_recorded_as_zero3_bf16(tmp_path):
     base = tmp_path / "base.json"

@@ -512,3 +512,36 @@ def test_loss_impl_table_puts_each_fused_run_beside_its_eager_run(tmp_path):
 def test_loss_impl_table_is_empty_without_a_fused_run(report):
     t = report.tables["loss_impl"]
     assert t.frame.empty and "more than one loss_impl" in t.empty_reason
+
+
+def test_levers_table_puts_each_value_beside_the_default_at_the_same_setting(tmp_path):
+    """optimizer_impl and grad_accum away from their defaults: % change of step time, time per sample and tracked
+    peak against the default's record; a lever measured at one value only gets no rows."""
+    recs = raw_records()
+    base = next(r for r in recs if r.get("kind", "run") == "run" and r["status"] == "ok"
+                and r["config"]["objective"] == "caption" and not r["config"]["mask_ratio"])
+    base = json.loads(json.dumps(base))
+    base["metrics"]["time_per_sample_ms"] = base["metrics"]["step_time_ms_median"] / base["config"]["batch"]
+    foreach = json.loads(json.dumps(base))
+    foreach["config"]["optimizer_impl"] = "foreach"
+    foreach["run_id"] = "levers0000000001"
+    foreach["metrics"]["peak_tracked_bytes"] = int(base["metrics"]["peak_tracked_bytes"] * 1.1)
+    accum = json.loads(json.dumps(base))
+    accum["config"]["grad_accum"] = 4
+    accum["run_id"] = "levers0000000002"
+    accum["metrics"]["step_time_ms_median"] = base["metrics"]["step_time_ms_median"] * 2
+    accum["metrics"]["time_per_sample_ms"] = base["metrics"]["time_per_sample_ms"] / 2
+    store = tmp_path / "r.jsonl"
+    store.write_text("".join(json.dumps(r) + "\n" for r in recs + [foreach, accum]))
+    from ovprof.report.render import write_report
+
+    f = write_report([str(store)], tmp_path / "out", formats={"md", "csv"}).tables["levers"].frame
+    assert set(f["lever"]) == {"optimizer_impl", "grad_accum"}
+    opt = f[f["lever"] == "optimizer_impl"]
+    assert list(opt["value"]) == ["forloop", "foreach"]
+    assert row_of(opt, value="foreach")["change_tracked_pct"] == pytest.approx(10.0, abs=1e-3)
+    acc = f[f["lever"] == "grad_accum"]
+    assert list(acc["value"]) == ["1", "4"]
+    assert row_of(acc, value="4")["change_step_pct"] == pytest.approx(100.0)
+    assert row_of(acc, value="4")["change_sample_pct"] == pytest.approx(-50.0)
+    assert (tmp_path / "out" / "levers.csv").exists()

@@ -157,9 +157,10 @@ def run(
     output_file(out, "--out", not_same_as=tuple(p for p in (ds_config, hostfile) if p is not None))
     output_dir(out.parent / "logs", "log folder")
     if hostfile is None:
-        from ovprof.runner.devices import check_devices
+        from ovprof.runner.devices import check_attention, check_devices
 
         check_devices(cfg.world_size)
+        check_attention({(cfg.attention, cfg.precision)})
     opts = ExecOptions(store=str(out), timeout_s=timeout, launcher=launcher,
                        hostfile=str(hostfile) if hostfile else None)
     if dry_run:

@@ -56,7 +56,7 @@ def model_step(cfg: RunConfig, attention: str = "flash") -> ModelStep:
     terms = objectives.activation_terms(c, attention)
     kept, transient, logits_tokens = terms.kept_bytes, terms.transient_bytes, terms.logits_tokens
     V = c.vocab_size
-    if c.loss_impl == "eager":
+    if c.loss_impl in ("eager", "compiled"):  # compiled: costed as eager (an upper bound; docs/levers.md)
         # Kept for backward: log-softmax's fp32 output (4 N V); the logits (b) and their fp32 upcast are
         # alive only while it is computed. Backward starts with that output, its gradient and the
         # gradient of its input: 12 N V (what the loss alone measures, fp32 and bf16).

@@ -99,6 +99,10 @@ def model_step(cfg: RunConfig, attention: str = "native") -> ModelStep:
     from ovprof.objectives import build_model, make_batch
 
     c = cfg.resolved()
+    if c.loss_impl == "compiled":  # costed as eager: fake tensors do not run inductor (docs/levers.md)
+        import dataclasses
+
+        c = dataclasses.replace(c, loss_impl="eager")
     dtype = DTYPES[c.precision]
     triton = _fake_triton() if c.loss_impl == "triton" else contextlib.nullcontext()
     with _attention(attention), triton, FakeTensorMode(allow_non_fake_inputs=True):

@@ -9,9 +9,10 @@ Notation: P parameters, W ranks, pb bytes per parameter in the training dtype
 Resident between steps (derived from how ZeRO partitions, and checked term by
 term against the tracker on DeepSpeed 0.19.8 with torch's AdamW; see
 tests/test_estimate.py):
-  ZeRO 0  parameters pb*P; Adam moments 8P; 16-bit adds fp32 master weights 4P
-  ZeRO 1/2  parameters pb*P; master 4P/W and moments 8P/W (an fp32 master copy
-          is kept even for fp32 training)
+  ZeRO 0  parameters pb*P; Adam moments 8P (6P with optimizer_state_dtype bf16:
+          the first moment in bf16); 16-bit adds fp32 master weights 4P
+  ZeRO 1/2  parameters pb*P; master 4P/W and moments 8P/W (6P/W with bf16
+          moments; an fp32 master copy is kept even for fp32 training)
   ZeRO 3  parameters pb*P/W; master 4P/W; moments 8P/W; gradient partition
           pb*P/W; and the reduce bucket G*gb, allocated at initialization;
           with W > 1 forward and backward also hold the gathered parameters,
@@ -28,7 +29,7 @@ Added during a step, over that:
             AdamW's temporaries over the per-parameter fp32 tensors it steps
             ZeRO 1-3: the fp32 gradient partition 4P/W + AdamW temporaries over
             the one flat fp32 partition of 4P/W bytes it steps
-AdamW's temporaries depend on its implementation (`config.optimizer_impl`;
+AdamW's temporaries depend on its implementation (`config.optimizer_impl`, "forloop" below;
 torch >= 2.5, no amsgrad, not capturable), the same on CPU and CUDA:
   for-loop  one tensor at a time: sqrt(v) and sqrt(v) / bias correction
             coexist (8n for a tensor of n elements), while the previous
@@ -39,8 +40,21 @@ torch >= 2.5, no amsgrad, not capturable), the same on CPU and CUDA:
             by 4 x the one stepped before it; ZeRO 1-3: 8P/W)
   foreach   sqrt(v) of every tensor at once, the rest in place: 4 bytes x all
             the elements stepped (ZeRO 0: 4P, ZeRO 1-3: 4P/W)
+  fused     one kernel per parameter group, nothing allocated beyond the state: 0
+  forloop with bf16 moments (ovprof/kernels/adamw.py): the fp32 first moment,
+            sqrt(v) and its division coexist, everything freed per tensor:
+            12 x the largest tensor stepped
 Left to itself (foreach=None) torch runs for-loop on CPU and foreach on CUDA,
 4P more at ZeRO 0 on the GPU; ovprof's DeepSpeed config always names one.
+Accumulation (grad_accum > 1 micro-steps per optimizer step), ZeRO 0: from the
+second micro-step on the accumulated gradients pb*P are live through forward and
+backward (forward + pb*P; backward at least its non-gradient part + pb*P; measured
+exactly at debug size). ZeRO 1/2: the fp32 gradient partition 4P/W accumulates
+across micro-steps and is live through forward and backward (measured at ZeRO 2,
+world size 1, debug size: +4P in both phases, the peak then in backward and
+estimated 2.3% low, as backward at ZeRO 1/2 is without accumulation; ZeRO 1
+assumed the same). ZeRO 3 with accumulation:
+modelled as without it (an approximation).
 The peak is the resident state plus the largest phase.
 """
 
@@ -98,12 +112,18 @@ class ZeroMemory:
 
 
 def adamw_temporaries_bytes(impl: str, *, stepped_numel: int, largest_numel: int,
-                            numels: tuple[int, ...] = ()) -> int:
+                            numels: tuple[int, ...] = (), state_dtype: str = "fp32") -> int:
     """What torch's AdamW step allocates over the fp32 tensors it steps, beyond its state (module docstring).
     `numels`: the tensors' sizes in stepping order, when known (else only the largest is)."""
+    if state_dtype == "bf16":
+        if impl != "forloop":
+            raise ValueError(f"bf16 moments are implemented for forloop only, not {impl!r}")
+        return 12 * (max(numels) if numels else largest_numel)
     if impl == "foreach":
         return 4 * stepped_numel
-    if impl == "for-loop":
+    if impl == "fused":
+        return 0
+    if impl == "forloop":
         if numels:
             return max(8 * n + 4 * prev for prev, n in zip((0, *numels), numels))
         return 8 * largest_numel
@@ -111,7 +131,8 @@ def adamw_temporaries_bytes(impl: str, *, stepped_numel: int, largest_numel: int
 
 
 def zero_memory(step: ModelStep, *, zero: int, world_size: int, precision: str,
-                bucket_elems: int | None, optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL) -> ZeroMemory:
+                bucket_elems: int | None, optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL,
+                optimizer_state_dtype: str = "fp32", grad_accum: int = 1) -> ZeroMemory:
     P, W = step.param_count, world_size
     pb = 4 if precision == "fp32" else 2
     G = DEEPSPEED_DEFAULT_BUCKET_ELEMS if bucket_elems is None else bucket_elems
@@ -119,27 +140,35 @@ def zero_memory(step: ModelStep, *, zero: int, world_size: int, precision: str,
     grads_full = pb * P
     forward = step.forward_bytes
     # ZeRO 1-3 step one flat fp32 partition per rank
-    flat_temps = adamw_temporaries_bytes(optimizer_impl, stepped_numel=P // W, largest_numel=P // W)
+    flat_temps = adamw_temporaries_bytes(optimizer_impl, stepped_numel=P // W, largest_numel=P // W,
+                                         state_dtype=optimizer_state_dtype)
+    moments = 6 if optimizer_state_dtype == "bf16" else 8  # bytes per element: m (4 or 2) + v (4)
     if zero == 0:
         params, grads_res = pb * P, 0
-        opt = 8 * P + (4 * P if pb == 2 else 0)
+        opt = moments * P + (4 * P if pb == 2 else 0)
         backward = max(step.backward_bytes, 2 * grads_full)
+        if grad_accum > 1:  # from the second micro-step on, the accumulated gradients are live throughout
+            forward += grads_full
+            backward = max(backward, step.backward_no_grad_bytes + grads_full)
         temps = adamw_temporaries_bytes(optimizer_impl, stepped_numel=P, largest_numel=step.max_param_numel,
-                                        numels=step.param_numels)
+                                        numels=step.param_numels, state_dtype=optimizer_state_dtype)
         optimizer = grads_full + (4 * P if pb == 2 else 0) + temps
         bucket_used = 0
     elif zero in (1, 2):
         params, grads_res = pb * P, 0
-        opt = 12 * P // W
+        opt = (4 + moments) * P // W
         after = step.backward_no_grad_after_first_grad_bytes
         backward = (bucket + step.backward_no_grad_bytes if after is None
                     else max(step.backward_no_grad_bytes, bucket + after))
+        if grad_accum > 1:  # the fp32 gradient partition accumulates across micro-steps (measured at ZeRO 2)
+            forward += 4 * P // W
+            backward += 4 * P // W
         optimizer = 4 * P // W + flat_temps
         bucket_used = bucket
     else:
         params = pb * P // W
         grads_res = pb * P // W + bucket
-        opt = 12 * P // W
+        opt = (4 + moments) * P // W
         # With W > 1 the parameters gathered for compute stay live up to stage3_max_live_parameters
         # (measured at world size 2: exactly pb * P more than at world size 1).
         gathered = pb * min(P, DEEPSPEED_DEFAULT_MAX_LIVE_PARAMETERS) if W > 1 else 0

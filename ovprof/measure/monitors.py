@@ -88,6 +88,9 @@ class StepTimer:
         sink.set("step_time_ms_min", min(t))
         sink.set("step_time_ms_max", max(t))
         sink.set("samples_per_s", self.samples_per_step / (med / 1e3))
+        # a timed step is one optimizer step: grad_accum micro-steps of `batch` on every rank
+        sink.set("samples_per_optimizer_step", self.samples_per_step)
+        sink.set("time_per_sample_ms", med / self.samples_per_step)
         sink.set("flops_per_step", self.flops_per_step)  # per rank, analytic model FLOPs
         tflops = self.flops_per_step / (med / 1e3) / 1e12
         sink.set("tflops_per_s", tflops)

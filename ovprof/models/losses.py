@@ -17,15 +17,33 @@ def caption_loss(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch
     eager: materializes logits (B, L, V) in the model dtype, then upcasts them to
     fp32 for the cross-entropy, as a plain PyTorch training loop does.
     chunked | triton: never hold the whole (B, L, V) logits (ovprof/kernels/fused_ce.py).
+    compiled: the eager head + cross-entropy under torch.compile (inductor), the baseline fused kernels are
+    judged against; compiled on the first call, once per process and shape.
     """
+    if impl == "compiled":
+        return _compiled_eager()(hidden, head_weight, targets)
     if impl in ("chunked", "triton"):
         from ovprof.kernels.fused_ce import linear_cross_entropy
 
         return linear_cross_entropy(hidden, head_weight, targets, impl=impl, ignore_index=IGNORE_INDEX)
     if impl != "eager":
         raise ValueError(f"unknown loss_impl {impl!r}")
+    return _eager(hidden, head_weight, targets)
+
+
+def _eager(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = hidden @ head_weight.t()  # (B, L, V)
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+_COMPILED = None
+
+
+def _compiled_eager():
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(_eager, dynamic=False)
+    return _COMPILED
 
 
 def _gather(x: torch.Tensor) -> torch.Tensor:

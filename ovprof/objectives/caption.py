@@ -36,7 +36,7 @@ class CaptionModelConfig:
     vocab_size: int  # embedding rows and head columns
     caption_len: int  # caption tokens per image; the decoder predicts caption_len - 1 of them
     caption_weight: float  # loss = caption_weight x cross-entropy
-    loss_impl: str  # eager | chunked | triton (ovprof/models/losses.py caption_loss)
+    loss_impl: str  # eager | compiled | chunked | triton (ovprof/models/losses.py caption_loss)
     checkpointing_text: bool  # activation checkpointing on the decoder's blocks
 
 

@@ -39,7 +39,7 @@ class OpenVisionModelConfig:
     caption_len: int  # long caption tokens, one learned query each
     contrastive_weight: float  # loss = contrastive_weight x InfoNCE + caption_weight x CE
     caption_weight: float
-    loss_impl: str  # eager | chunked | triton (ovprof/models/losses.py caption_loss)
+    loss_impl: str  # eager | compiled | chunked | triton (ovprof/models/losses.py caption_loss)
     checkpointing_text: bool  # activation checkpointing on the text encoder's and decoder's blocks
 
 

@@ -1,4 +1,5 @@
-"""The one-axis tables: how step time and memory move along mask ratio, batch, ZeRO stage or loss_impl; every run.
+"""The one-axis tables: how step time and memory move along mask ratio, batch, ZeRO stage, loss_impl or the
+levers (optimizer_impl, optimizer_state_dtype, grad_accum, attention, compile); every run.
 
     ovprof report results/quickstart.jsonl --out reports/quickstart   # mask_ratio.csv, batch.csv, zero.csv, ...
 
@@ -19,7 +20,9 @@ from ovprof.report.cells import (GIB, SETTING_COLUMNS, SOURCE_NAME, Column, Cont
                                  ratio, setting_cells)
 from ovprof.report.load import BREAKDOWN, ENV_FIELDS, MEMORY_SOURCES, SETTING_FIELDS, Data, key_of, variant_label
 
-LOSS_IMPL_ORDER = {"eager": 0, "chunked": 1, "triton": 2}
+LOSS_IMPL_ORDER = {"eager": 0, "compiled": 1, "chunked": 2, "triton": 3}
+# The survey's levers (docs/levers.md): each value against the field's default at the same setting.
+LEVER_AXES = ("optimizer_impl", "optimizer_state_dtype", "grad_accum", "attention", "compile")
 
 
 def one_row_per_run(runs: pd.DataFrame, ctx: Context, axis: str, cells: Callable[[pd.Series, pd.DataFrame], dict],
@@ -172,9 +175,58 @@ def loss_impl_table(data: Data, ctx: Context) -> Table:
     notes = ["eager materializes the caption head's logits (tokens x vocabulary) and their fp32 copies; chunked "
              "(PyTorch, any device) and triton (fused kernel, CUDA or TRITON_INTERPRET=1) never hold them whole "
              "(docs/fused-ce.md). Negative % = less memory than eager at the same setting. What the loss can save "
-             "is bounded by eager's own logits memory, so its share shrinks as activations grow."]
+             "is bounded by eager's own logits memory, so its share shrinks as activations grow. compiled is eager "
+             "under torch.compile, the baseline fused kernels are judged against; it has no tracked peak (inductor's "
+             "buffers are invisible to the tracker): compare RSS or the allocator."]
     return axis_table("loss_impl", "Caption head + cross-entropy: eager vs fused (loss_impl)", rows, cols, notes,
                       "no setting was measured with more than one loss_impl")
+
+
+def levers_table(data: Data, ctx: Context) -> Table:
+    """Each lever measured at more than one value: step time, time per sample and tracked peak against the
+    lever's default (config.DEFAULTS) at the same setting."""
+    from ovprof.config import DEFAULTS
+
+    rows: list[dict] = []
+    for axis in LEVER_AXES:
+        if axis not in data.runs:
+            continue
+        default = DEFAULTS[axis]
+
+        def cells(r: pd.Series, g: pd.DataFrame, axis=axis, default=default) -> dict:
+            ref = g[g[axis] == default]
+            base = ref.iloc[0] if len(ref) else None
+            where, name = ctx.where(r), f"{axis}={r[axis]}"
+            row = {"variant": variant_label(r["objective"], r["mask_ratio"], r["mask_position"], r["loss_impl"]),
+                   "lever": axis, "value": str(r[axis]), "status": r["status"],
+                   "step_ms_median": metric(r, "step_time_ms_median", r["objective"], where),
+                   "ms_per_sample": metric(r, "time_per_sample_ms", r["objective"], where),
+                   "peak_tracked_gib": metric(r, "peak_tracked_bytes", r["objective"], where, scale=GIB)}
+            for key, col, scale in (("step", "step_time_ms_median", 1.0), ("sample", "time_per_sample_ms", 1.0),
+                                    ("tracked", "peak_tracked_bytes", GIB)):
+                mine = row[{"step": "step_ms_median", "sample": "ms_per_sample", "tracked": "peak_tracked_gib"}[key]]
+                ref_v = (metric(base, col, r["objective"], where, scale=scale) if base is not None
+                         else f"no {axis}={default} run at {where}")
+                change = ratio(mine, ref_v, name, f"{axis}={default}")
+                row[f"change_{key}_pct"] = (change - 1) * 100 if num(change) is not None else change
+            return row
+
+        rows += one_row_per_run(data.runs, ctx, axis, cells,
+                                keep=("objective", "mask_ratio", "mask_position", "loss_impl"), order=axis,
+                                sort_key=lambda c, d=default: c.map(lambda v: (v != d, str(v))))
+    cols = [Column("variant", "objective variant"), Column("lever", "lever"), Column("value", "value"),
+            Column("status", "status"), Column("step_ms_median", "step ms median", "ms"),
+            Column("ms_per_sample", "ms per sample", "ms"), Column("peak_tracked_gib", "peak tracked GiB", "gib"),
+            Column("change_step_pct", "step time vs default %", "pct"),
+            Column("change_sample_pct", "time per sample vs default %", "pct"),
+            Column("change_tracked_pct", "tracked peak vs default %", "pct")]
+    notes = ["Each lever's value against the lever's default at the same setting (docs/levers.md): optimizer_impl "
+             "forloop, optimizer_state_dtype fp32, grad_accum 1, attention auto, compile none. A step is one optimizer step, so "
+             "at grad_accum k it runs k micro-batches: compare time per sample. Negative % = faster or less "
+             "memory than the default. A compiled run has no tracked peak (the tracker cannot see inductor's buffers): "
+             "compare its RSS (CPU) or allocator peak (CUDA) in the runs table."]
+    return axis_table("levers", "Levers: each value against the default at the same setting", rows, cols, notes,
+                      "no setting was measured at more than one value of a lever")
 
 
 def runs_table(data: Data, ctx: Context) -> Table:

@@ -128,7 +128,7 @@ def load(paths: Iterable[str | Path]) -> Data:
 _RUN_COLUMNS = (
     ["run_id", "status", "variant", "side", *VARIANT_FIELDS, *SETTING_FIELDS, *ENV_FIELDS,
      "setting_key", "gpu_memory_bytes", "error_type", "error_message",
-     "step_time_ms_median", "step_time_ms_p10", "step_time_ms_p90", "samples_per_s",
+     "step_time_ms_median", "step_time_ms_p10", "step_time_ms_p90", "samples_per_s", "time_per_sample_ms",
      *MEMORY_SOURCES.values(), *(f"bd_{k}" for k in BREAKDOWN), "null_reasons", "sweep", "started_at", "config",
      "derived"]
 )
@@ -151,6 +151,7 @@ def _run_row(r: R.RunRecord) -> dict:
         "error_type": err.get("type"), "error_message": _first_line(err.get("message")),
         "step_time_ms_median": m.get("step_time_ms_median"), "step_time_ms_p10": m.get("step_time_ms_p10"),
         "step_time_ms_p90": m.get("step_time_ms_p90"), "samples_per_s": m.get("samples_per_s"),
+        "time_per_sample_ms": _time_per_sample_ms(cfg, m),
         **{col: m.get(col) for col in MEMORY_SOURCES.values()},
         **{f"bd_{k}": (bd.get(k) if bd else None) for k in BREAKDOWN},
         "null_reasons": r.null_reasons, "sweep": r.sweep, "started_at": r.started_at, "config": cfg,
@@ -178,6 +179,17 @@ def _max_batch_row(r: R.MaxBatchRecord, env_by_run: dict[str, dict]) -> dict:
         "limit_reached": r.limit_reached or (r.status == "ok" and r.first_oom_batch is None),
         "trials": r.trials, "error_message": _first_line(err.get("message")),
     }
+
+
+def _time_per_sample_ms(cfg: dict, m: dict) -> float | None:
+    """The record's time_per_sample_ms; for a record from before it was recorded, its definition: the median
+    step (one optimizer step) over batch x grad_accum x ranks samples."""
+    if m.get("time_per_sample_ms") is not None:
+        return m["time_per_sample_ms"]
+    med = m.get("step_time_ms_median")
+    if med is None:
+        return None
+    return med / (cfg["batch"] * cfg["grad_accum"] * cfg["world_size"])
 
 
 def _first_line(msg: Any, limit: int = 200) -> str | None:

@@ -21,14 +21,14 @@ Rules every table keeps:
 The tables live by kind: cells.py (Column, Table and the cells they share),
 savings.py (savings and the paper's tables), families.py (contrastive,
 captioning and pixel objectives side by side), axes.py (mask ratio, batch, ZeRO,
-loss_impl, runs), estimated.py (ovprof estimate's section). This module puts
+loss_impl, levers, runs), estimated.py (ovprof estimate's section). This module puts
 them in the report's order; their names are importable from here as before.
 """
 
 from __future__ import annotations
 
-from ovprof.report.axes import (batch_table, bucket_note, device_limit_gib, loss_impl_table, mask_ratio_table,
-                                runs_table, zero_table)
+from ovprof.report.axes import (batch_table, bucket_note, device_limit_gib, levers_table, loss_impl_table,
+                                mask_ratio_table, runs_table, zero_table)
 from ovprof.report.cells import (GIB, SETTING_COLUMNS, SIDE_NAME, SIDES, SOURCE_NAME, Column, Context, Table,
                                  max_batch_cell, max_batch_lookup, memory_sources, metric, num, primary_source, ratio)
 from ovprof.report.estimated import estimated_tables
@@ -37,8 +37,8 @@ from ovprof.report.load import Data
 from ovprof.report.savings import NOT_PAPER, paper_comparison, paper_reference, savings
 
 __all__ = ["GIB", "NOT_PAPER", "SETTING_COLUMNS", "SIDES", "SIDE_NAME", "SOURCE_NAME", "Column", "Context", "Table",
-           "batch_table", "bucket_note", "build", "device_limit_gib", "families_table", "loss_impl_table",
-           "mask_ratio_table",
+           "batch_table", "bucket_note", "build", "device_limit_gib", "families_table", "levers_table",
+           "loss_impl_table", "mask_ratio_table",
            "max_batch_cell", "max_batch_lookup", "memory_sources", "metric", "num", "paper_comparison",
            "paper_reference", "primary_source", "ratio", "runs_table", "savings", "zero_table"]
 
@@ -55,6 +55,7 @@ def build(data: Data) -> dict[str, Table]:
         "batch": batch_table(data, ctx),
         "zero": zero_table(data, ctx),
         "loss_impl": loss_impl_table(data, ctx),
+        "levers": levers_table(data, ctx),
         "runs": runs_table(data, ctx),
         **estimated_tables(data.runs),  # ovprof estimate, kept in its own section
     }

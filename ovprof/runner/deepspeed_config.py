@@ -7,7 +7,8 @@ Precedence (docs/sweeps.md). A base DeepSpeed config (`--ds-config FILE`, or
 `ds_config_base` in a sweep) sets the point's fields it speaks for when the
 command line or the sweep does not: `zero_optimization.stage` -> zero,
 `bf16`/`fp16.enabled` -> precision, `train_micro_batch_size_per_gpu` -> batch,
-`zero_optimization.reduce_bucket_size` -> bucket_elems (`fields_from_base`). So
+`zero_optimization.reduce_bucket_size` -> bucket_elems,
+`gradient_accumulation_steps` -> grad_accum (`fields_from_base`). So
 a base with stage 3 and bf16 runs, and is recorded, as zero 3 and bf16. A
 field given on the command line or in the sweep that contradicts the base is an
 error naming both (`ovprof run --ds-override` makes it a warning, and the given
@@ -18,8 +19,16 @@ options. `train_batch_size` follows from micro-batch x accumulation x ranks.
 The default optimizer is torch's AdamW (`torch_adam`), the same on CPU and CUDA
 and needing no compiled DeepSpeed op; its hyperparameters follow OpenVision 2
 (betas 0.9/0.95, weight decay 0.2). Its
-implementation is explicit (`foreach`, from `config.optimizer_impl`): left at
-None, torch would pick foreach on CUDA only, and the step's memory would differ.
+implementation is explicit (`foreach`, and `fused` for optimizer_impl fused,
+from `config.optimizer_impl`): left at None, torch would pick foreach on CUDA
+only, and the step's memory would differ. With optimizer_state_dtype bf16 the
+config has no optimizer block: the worker hands DeepSpeed ovprof's
+AdamWBf16Moment (ovprof/kernels/adamw.py) with the same hyperparameters
+(`ADAMW_PARAMS`), and DeepSpeed wraps it as it wraps its own.
+
+Accumulation: `grad_accum` is DeepSpeed's gradient_accumulation_steps (a base
+that sets gradient_accumulation_steps speaks for grad_accum, as for the fields
+above); `train_batch_size` = batch x grad_accum x ranks.
 
 Bucket sizes: at ZeRO 2/3 DeepSpeed allocates its reduce bucket in full
 (default 5e8 elements), which dwarfs a small model. `bucket_elems` sets
@@ -34,6 +43,9 @@ import json
 from typing import Any
 
 from ovprof.config import RunConfig, optimizer_impl
+
+# AdamW's hyperparameters (OpenVision 2), for DeepSpeed's torch AdamW and for the worker's bf16-moment AdamW alike
+ADAMW_PARAMS: dict[str, Any] = {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.2}
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -69,6 +81,9 @@ def fields_from_base(base: dict) -> dict[str, tuple[Any, str]]:
     micro = base.get("train_micro_batch_size_per_gpu")
     if micro is not None:
         out["batch"] = (micro, "train_micro_batch_size_per_gpu")
+    accum = base.get("gradient_accumulation_steps")
+    if accum is not None and accum != "auto":
+        out["grad_accum"] = (accum, "gradient_accumulation_steps")
     bucket = _get(base, "zero_optimization.reduce_bucket_size")
     if bucket is not None:
         out["bucket_elems"] = (bucket, "zero_optimization.reduce_bucket_size")
@@ -87,11 +102,6 @@ def apply_base(given: dict[str, Any], *, source: str, override: bool = False,
     base = json.loads(raw) if isinstance(raw, str) else raw
     if not isinstance(base, dict):
         return dict(given)
-    accum = base.get("gradient_accumulation_steps", 1)
-    if accum not in (1, "auto"):
-        raise ConfigError("ovprof times one optimizer step per timed step and has no accumulation axis yet: "
-                          "set gradient_accumulation_steps to 1 in the base, or remove it", source=source,
-                          key="ds_config_base: gradient_accumulation_steps", value=accum)
     out = dict(given)
     for field, (value, where) in fields_from_base(base).items():
         value = coerce(field, value, f"{source}: ds_config_base {where}")
@@ -118,18 +128,18 @@ def build(cfg: RunConfig) -> dict[str, Any]:
             zero["stage3_prefetch_bucket_size"] = c.bucket_elems
     ours: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": c.batch,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": c.batch * c.world_size,
+        "gradient_accumulation_steps": c.grad_accum,
+        "train_batch_size": c.batch * c.grad_accum * c.world_size,
         "zero_optimization": zero,
         "bf16": {"enabled": c.precision == "bf16"},
         "fp16": {"enabled": c.precision == "fp16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if "optimizer" not in base:  # the base's own optimizer, when it has one, is the user's choice
-        ours["optimizer"] = {
-            "type": "AdamW",
-            "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.2, "torch_adam": True,
-                       "foreach": optimizer_impl(c) == "foreach"},
-        }
+    # the base's own optimizer, when it has one, is the user's choice; bf16 moments: the worker's client optimizer
+    if "optimizer" not in base and c.optimizer_state_dtype == "fp32":
+        params = {**ADAMW_PARAMS, "torch_adam": True, "foreach": optimizer_impl(c) == "foreach"}
+        if optimizer_impl(c) == "fused":
+            params["fused"] = True
+        ours["optimizer"] = {"type": "AdamW", "params": params}
     return deep_merge(base, ours)

@@ -142,6 +142,26 @@ def measure_steps(step, sync, *, steps: int, timer, monitors, nvml, sink, settle
     nvml.sample(step, sync, NVML_STEPS, sink)
 
 
+def _compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (a recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _attention_context(backend: str):
+    """A context factory that pins scaled_dot_product_attention to `backend` (auto: torch chooses)."""
+    import contextlib
+
+    if backend == "auto":
+        return contextlib.nullcontext
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernel = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+              "math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
+    return lambda: sdpa_kernel(kernel)
+
+
 def die_with_parent() -> None:
     """Linux: have the kernel SIGKILL this process when its parent dies (no orphaned workers after a kill -9).
 
@@ -226,44 +246,83 @@ class Runner:
         with deepspeed.zero.Init(config_dict_or_path=self.ds_config, enabled=c.zero == 3):
             model = objectives.build_model(c)
         self.phase = "engine"
+        client_optimizer = None
+        if c.optimizer_state_dtype == "bf16":  # Adam's first moment in bf16: ovprof's AdamW (ovprof/kernels/adamw.py)
+            from ovprof.kernels.adamw import AdamWBf16Moment
+            from ovprof.runner.deepspeed_config import ADAMW_PARAMS
+
+            client_optimizer = AdamWBf16Moment(model.parameters(), **ADAMW_PARAMS)
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                               config=self.ds_config)
+                                               optimizer=client_optimizer, config=self.ds_config)
+        if c.compile != "none":
+            # DeepSpeed's own engine.compile (module.compile in place, inductor), after initialize: the hooks
+            # ZeRO put on the module are in place when dynamo traces it, and the engine knows it is compiled.
+            # Compilation itself happens lazily, in the first warm-up step.
+            engine.compile(compile_kwargs={"mode": c.compile})
         batch = objectives.make_batch(c, device, rank=self.rank)
         sink.set("startup_s", time.perf_counter() - self.t_start)
         # CPU step times depend on intra-op threads and on what else runs on the cores: record them.
         sink.set("torch_num_threads", torch.get_num_threads())
 
+        attention = _attention_context(c.attention)
+
         def step() -> None:
-            loss = engine(**batch)
-            engine.backward(loss)
-            engine.step()
+            # one optimizer step: grad_accum micro-steps; DeepSpeed steps the optimizer at the last one only
+            with attention():
+                for _ in range(c.grad_accum):
+                    loss = engine(**batch)
+                    engine.backward(loss)
+                    engine.step()
 
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         cuda_device = device if cuda else None
         rss = RssMonitor()
         peak, mfu_reason = self._peak_tflops(c, cuda)
-        timer = StepTimer(samples_per_step=c.batch * c.world_size, flops_per_step=objectives.step_flops(c).total,
+        timer = StepTimer(samples_per_step=c.batch * c.grad_accum * c.world_size,
+                          flops_per_step=objectives.step_flops(c).total * c.grad_accum,
                           peak_tflops=peak, mfu_null_reason=mfu_reason)
 
         # Warm-up. Under a CPU budget the first step is tracked, so an over-budget point fails fast.
         self.phase = "warmup"
+        first_step_s = None
         for i in range(c.warmup):
-            if i == 0 and cpu_budget:
-                self._tracked(engine, model, batch, step, budget=cpu_budget)
+            if i == 0 and (c.compile != "none" or c.loss_impl == "compiled"):
+                t0 = time.perf_counter()
+                step()
+                sync()
+                first_step_s = time.perf_counter() - t0
+            elif i == 0 and cpu_budget:
+                self._tracked(engine, model, batch, budget=cpu_budget, attention=attention, accum=c.grad_accum)
             else:
                 step()
         sync()
 
+        compiled = c.compile != "none" or c.loss_impl == "compiled"
+        graphs_before = _compiled_graphs() if compiled else None
         measure_steps(step, sync, steps=c.steps, timer=timer, monitors=[AllocatorMonitor(cuda_device), rss],
                       nvml=NvmlMonitor(cuda_device, self.local_rank), sink=sink, settle=cuda,
                       skipped_steps=lambda: getattr(engine, "skipped_steps", None), on_phase=self._set_phase)
 
-        # Tracked steps: the exact live-tensor peak of a steady-state step.
-        self.phase = "tracked"
-        tr = None
-        for _ in range(TRACKED_STEPS):
-            tr = self._tracked(engine, model, batch, step, budget=cpu_budget, prev=tr)
-        read_tracker(tr, TRACKED_STEPS, sink)
+        if not compiled:
+            sink.null("compile_s", "compile = none and loss_impl is not compiled")
+            sink.null("recompiles_timed", "compile = none and loss_impl is not compiled")
+            # Tracked steps: the exact live-tensor peak of a steady-state step.
+            self.phase = "tracked"
+            tr = None
+            for _ in range(TRACKED_STEPS):
+                tr = self._tracked(engine, model, batch, budget=cpu_budget, prev=tr, attention=attention,
+                                   accum=c.grad_accum)
+            read_tracker(tr, TRACKED_STEPS, sink)
+        else:
+            sink.set("compile_s", max(0.0, first_step_s - sink.values["step_time_ms_median"] / 1e3))
+            sink.set("recompiles_timed", _compiled_graphs() - graphs_before)
+            # Inductor's generated code allocates its buffers outside the dispatcher, where the tracker (a
+            # TorchDispatchMode) cannot see them; a dispatch mode around compiled code also changes what runs.
+            why = ("compile or loss_impl compiled: inductor's code allocates its buffers outside the dispatcher, invisible to the tensor "
+                   "tracker; the memory is in peak_rss_steps_bytes (CPU) or peak_allocated_bytes (CUDA)")
+            for name in ("peak_tracked_bytes", "tracked_breakdown_bytes", "tracked_phase_peak_bytes",
+                         "tracked_start_breakdown_bytes", "tracked_steps"):
+                sink.null(name, why)
         rss.read_life(sink)
         sink.set("param_count", sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters()))
         self.phase = "done"
@@ -282,8 +341,10 @@ class Runner:
         peak, reason = peak_tflops(name, c.precision)
         return peak, (None if peak is not None else reason or f"unknown GPU {name!r}")
 
-    def _tracked(self, engine, model, batch, step, *, budget, prev=None):
-        """One step under the tensor tracker; keeps the higher of this and the previous tracked peak."""
+    def _tracked(self, engine, model, batch, *, budget, attention, accum: int, prev=None):
+        """One optimizer step (`accum` micro-steps) under the tensor tracker; keeps the higher of this and the
+        previous tracked peak. Every micro-step's forward and backward count in their phases; the optimizer phase
+        is the last micro-step's engine.step(), the one that steps (the earlier ones only advance the count)."""
         from ovprof.measure.memory import TensorTracker, optimizer_tensors
 
         params = list(model.parameters())
@@ -297,13 +358,15 @@ class Runner:
                               inputs=list(batch.values()))
             tr.reset_peak()
             tr.watch_gradients(params)
-            with tr.phase("forward"):
-                loss = engine(**batch)
-            with tr.phase("backward"):
-                engine.backward(loss)
-            del loss
-            with tr.phase("optimizer"):
-                engine.step()
+            with attention():
+                for i in range(accum):
+                    with tr.phase("forward"):
+                        loss = engine(**batch)
+                    with tr.phase("backward"):
+                        engine.backward(loss)
+                    del loss
+                    with tr.phase("optimizer" if i == accum - 1 else "backward"):
+                        engine.step()
         if prev is not None and prev.peak_bytes > tr.peak_bytes:
             return prev
         return tr

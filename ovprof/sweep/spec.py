@@ -396,8 +396,10 @@ def expand(spec: SweepSpec, overrides: Mapping[str, Any] | None = None, max_poin
 
 
 def check_world_sizes(expansion: Expansion) -> None:
-    """Each world size must fit this machine (GPUs, or CPU cores without CUDA); imports torch only for > 1."""
-    from ovprof.runner.devices import check_devices
+    """Each world size must fit this machine (GPUs, or CPU cores without CUDA); imports torch only for > 1.
+    Each attention backend other than auto must run here, in the precisions it is swept with."""
+    from ovprof.runner.devices import check_attention, check_devices
 
     for ws in sorted({p.config.world_size for p in expansion.plans}):
         check_devices(ws, source=expansion.spec.path)
+    check_attention({(p.config.attention, p.config.precision) for p in expansion.plans}, source=expansion.spec.path)
