@@ -102,7 +102,7 @@ class FailingAbove:
     def __init__(self, boundary: int, exc: BaseException):
         self.boundary, self.exc, self.batches = boundary, exc, []
 
-    def __call__(self, on_start=None, on_phase=None):  # stands in for LocalExecutor(...)
+    def __call__(self, on_start=None, on_phase=None, **kw):  # stands in for LocalExecutor(...)
         return self
 
     def run(self, jobs):
