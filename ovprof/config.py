@@ -70,6 +70,7 @@ class RunConfig:
     bucket_elems: int | None = None  # DeepSpeed reduce/allgather bucket (elements); None = DeepSpeed default 5e8
     memory_budget_gib: float | None = None  # emulate a smaller device (per rank); None = the device's own
     ds_config_base: str = "{}"  # user's base DeepSpeed config, canonical JSON; ours is merged over it
+    breakdown: bool = False  # after all measured steps, one profiled step: time and memory by module group
     # The pixel objectives' own fields (mae, pixio: ovprof/objectives/mae.py); any other objective refuses a
     # value other than the default. Defaults resolve per objective (MAE's, or Pixio's).
     pixel_decoder: str = "auto"  # pixel decoder preset; auto = dec-mae (MAE), dec-pixio (Pixio), debug for vit-debug
@@ -146,7 +147,7 @@ FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 # Fields added after records and baselines were written, whose default reproduces what ran before they existed.
 # At its default such a field is left out of run_id, so existing stores resume and match as they did. Add each
 # new field here (docs/architecture.md, "Add a sweep axis"); never remove one.
-ID_STABLE_FIELDS: tuple[str, ...] = ("pixel_decoder", "mask_grid", "cls_tokens", "norm_pix_loss")
+ID_STABLE_FIELDS: tuple[str, ...] = ("pixel_decoder", "mask_grid", "cls_tokens", "norm_pix_loss", "breakdown")
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunConfig)}  # the one copy of the defaults
 _FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
 

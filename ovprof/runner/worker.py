@@ -38,6 +38,7 @@ PHASES = {
     "timed": "timed steps",
     "nvml": "untimed steps sampled by NVML",
     "tracked": "tracked steps (tensor tracker)",
+    "profile": "profiled steps (torch.profiler, module scopes; never timed)",
     "done": "writing the result",
 }
 NVML_STEPS = 3  # untimed steps the NVML sampler polls, after the timed ones (CUDA only)
@@ -161,6 +162,8 @@ class Runner:
 
         self.cfg = from_mapping(spec["config"])
         self.ds_config = spec["ds_config"]
+        self.profile = spec.get("profile")  # `ovprof profile`: profile after warm-up instead of timing
+        self.profile_result: dict | None = None
         self.result_dir = result_dir
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -253,6 +256,16 @@ class Runner:
             else:
                 step()
         sync()
+        if self.profile is not None:
+            self.phase = "profile"
+            from ovprof.runner.profiling import profile_steps
+
+            self.profile_result = profile_steps(engine, model, batch, steps=int(self.profile.get("steps", 2)),
+                                                trace_path=self.profile.get("trace") if self.rank == 0 else None,
+                                                memory_snapshot_path=self.profile.get("memory_snapshot")
+                                                if self.rank == 0 else None, cuda=cuda)
+            self.phase = "done"
+            return
 
         measure_steps(step, sync, steps=c.steps, timer=timer, monitors=[AllocatorMonitor(cuda_device), rss],
                       nvml=NvmlMonitor(cuda_device, self.local_rank), sink=sink, settle=cuda,
@@ -265,6 +278,11 @@ class Runner:
             tr = self._tracked(engine, model, batch, step, budget=cpu_budget, prev=tr)
         read_tracker(tr, TRACKED_STEPS, sink)
         rss.read_life(sink)
+        if c.breakdown:  # after every measured step: the hooks and the profiler never touch a timed one
+            self.phase = "profile"
+            from ovprof.runner.profiling import breakdown_metrics, profile_steps
+
+            breakdown_metrics(profile_steps(engine, model, batch, steps=1, cuda=cuda), sink)
         sink.set("param_count", sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters()))
         self.phase = "done"
 
@@ -334,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         out["error"] = {"type": type(exc).__name__, "message": str(exc)[:2000], "phase": runner.phase,
                         "traceback_tail": tb[-3000:]}
         code = EXIT_OOM if oom else EXIT_ERROR
+    if runner.profile_result is not None:
+        out["profile"] = runner.profile_result
     out["metrics"] = runner.sink.values
     out["null_reasons"] = runner.sink.reasons
     try:
