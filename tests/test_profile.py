@@ -63,6 +63,8 @@ def test_memory_by_group_adds_up_to_the_tracked_peak_and_time_names_the_towers(t
     assert set(t["groups"]) - {OUTSIDE, "optimizer", ENGINE} <= towers
     assert t["groups"]["vision"]["forward"] > 0 and t["groups"]["vision"]["backward"] > 0
     assert t["groups"]["optimizer"]["optimizer"] > 0
+    for ph, row in t["phases"].items():  # the engine row is each phase's self time
+        assert t["groups"][ENGINE][ph] == pytest.approx(row["self"])
     total = sum(r["total"] for r in t["groups"].values())
     assert total == pytest.approx(t["step_ms"], rel=1e-6)
     assert json.loads(trace.read_text())["traceEvents"]
@@ -94,7 +96,7 @@ def test_cli_profile_prints_the_table_writes_a_trace_and_json_parses(tmp_path):
             "--profile-steps", "1", "--set", "vocab_size=512", "--set", "caption_len=16"]
     p = ovprof(*args, "--trace", str(trace))
     assert p.returncode == 0, p.stderr
-    for word in ("module group", "vision", "decoder", "optimizer", "(engine)", "forward", "backward",
+    for word in ("module group", "vision", "decoder", "optimizer", "(engine)", "forward", "backward", "self",
                  "tracked peak"):
         assert word in p.stdout, word
     assert json.loads(trace.read_text())["traceEvents"]
@@ -104,3 +106,25 @@ def test_cli_profile_prints_the_table_writes_a_trace_and_json_parses(tmp_path):
     assert d["memory_bytes"]["sum_bytes"] == d["memory_bytes"]["peak_bytes"]
     assert d["time_ms"]["groups"]["decoder"]["forward"] > 0
     assert json.loads(open(d["trace"]).read())["traceEvents"]
+
+
+@pytest.mark.slow
+def test_breakdown_run_stores_the_breakdown_and_the_report_shows_where_it_goes(tmp_path, tiny):
+    from ovprof.config import ExecOptions
+    from ovprof.report.load import load
+    from ovprof.report.tables import build
+    from ovprof.results import store
+    from ovprof.runner.launch import run_point
+
+    cfg = tiny(breakdown=True)
+    path = tmp_path / "runs.jsonl"
+    run_point(cfg, ExecOptions(store=str(path), timeout_s=300))
+    (rec,) = store.read(path)
+    assert rec["status"] == "ok", rec.get("error")
+    m = rec["metrics"]
+    assert m["breakdown_time_ms"]["vision/forward"] > 0 and m["breakdown_time_ms"]["optimizer/optimizer"] > 0
+    assert m["breakdown_memory_bytes"]["vision/parameters"] > 0
+    assert cfg.run_id != tiny().run_id and "breakdown" not in tiny().to_dict() or tiny().breakdown is False
+    t = build(load([path]))["where_it_goes"]
+    assert {"vision", "decoder", "optimizer"} <= set(t.frame["group"])
+    assert t.frame["share_pct"].sum() == pytest.approx(100, abs=0.5)

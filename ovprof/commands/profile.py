@@ -34,7 +34,7 @@ Examples:
 
 Open the trace in chrome://tracing or https://ui.perfetto.dev. Exit codes: 0 ok, 1 error, 2 bad input, 3 out of memory, 4 timeout."""
 
-COLUMNS = ("forward", "backward", "optimizer", "engine", "total")
+COLUMNS = ("forward", "backward", "optimizer", "total")
 
 
 def _table(result: dict, trace: str | None, snapshot: str | None) -> None:
@@ -42,7 +42,7 @@ def _table(result: dict, trace: str | None, snapshot: str | None) -> None:
 
     c = console()
     t = result["time_ms"]
-    tab = Table(title=f"time per step, ms (CPU wall, mean of {t['steps']} profiled steps)")
+    tab = Table(title=f"time per step by module group and phase, ms (CPU wall, mean of {t['steps']} profiled steps)")
     tab.add_column("module group")
     for k in COLUMNS:
         tab.add_column(k, justify="right")

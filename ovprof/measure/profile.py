@@ -115,7 +115,9 @@ def _ancestor(e, pred):
 
 
 def time_breakdown(events, steps: int) -> dict:
-    """{"groups": {group: {forward, backward, optimizer, engine, total}}, "phases": {phase: {total, self}}}, ms/step.
+    """{"groups": {group: {forward, backward, optimizer, total}}, "phases": {phase: {total, self}}}, ms per step.
+
+    Columns are phases, rows where the time goes: each module group, `optimizer`, and ENGINE (each phase's `self`).
 
     A phase's `self` is its time outside every module group and the optimizer: DeepSpeed's engine work (and, in
     backward, the autograd engine's own bookkeeping between nodes)."""
@@ -149,9 +151,9 @@ def time_breakdown(events, steps: int) -> dict:
         if g == OUTSIDE:  # the model's forward minus its groups: loss, head, masking
             fwd = max(0.0, us.get((OUTSIDE, "forward_model"), 0.0) - fwd_in_groups)
         bwd = us.get((g, "backward"), 0.0)
-        groups[g] = {"forward": fwd, "backward": bwd, "optimizer": 0.0, "engine": 0.0}
+        groups[g] = {"forward": fwd, "backward": bwd, "optimizer": 0.0}
     opt = us.get(("optimizer", "optimizer"), 0.0)
-    groups["optimizer"] = {"forward": 0.0, "backward": 0.0, "optimizer": opt, "engine": 0.0}
+    groups["optimizer"] = {"forward": 0.0, "backward": 0.0, "optimizer": opt}
     attributed = {
         "forward": us.get((OUTSIDE, "forward_model"), 0.0),
         "backward": sum(v for (g, c), v in us.items() if c == "backward"),
@@ -161,12 +163,12 @@ def time_breakdown(events, steps: int) -> dict:
     for ph in PHASES:
         tot = phase_total.get(ph, 0.0)
         phases[ph] = {"total": tot / 1e3 / per, "self": max(0.0, tot - attributed[ph]) / 1e3 / per}
-    groups[ENGINE] = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0,
-                      "engine": sum(p["self"] for p in phases.values()) * 1e3 * per}
     for g, row in groups.items():
         for k in list(row):
             row[k] = row[k] / 1e3 / per
-        row["total"] = sum(row[k] for k in ("forward", "backward", "optimizer", "engine"))
+    groups[ENGINE] = {ph: phases[ph]["self"] for ph in PHASES}  # each phase outside model, autograd, optimizer
+    for row in groups.values():
+        row["total"] = sum(row[k] for k in PHASES)
     step = sum(p["total"] for p in phases.values())
     return {"groups": groups, "phases": phases, "step_ms": step, "steps": steps}
 

@@ -231,6 +231,8 @@ class Runner:
         self.phase = "engine"
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                                config=self.ds_config)
+        if not c.single_rank_allreduce:  # world size 1 (validated): nothing to reduce
+            engine.enable_backward_allreduce = False
         batch = objectives.make_batch(c, device, rank=self.rank)
         sink.set("startup_s", time.perf_counter() - self.t_start)
         # CPU step times depend on intra-op threads and on what else runs on the cores: record them.
