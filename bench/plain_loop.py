@@ -39,8 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--interleave", action="store_true", help="also build the DeepSpeed engine exactly as ovprof's "
                     "worker does (same model, batch and ds_config) and alternate its steps with the plain loop's, "
                     "so both see the same machine load; prints both medians and their ratio")
-    ap.add_argument("--no-allreduce", action="store_true", help="with --interleave: set the engine's "
-                    "enable_backward_allreduce=False (world size 1: no reduction to do)")
+    ap.add_argument("--no-allreduce", action="store_true", help="with --interleave: a third loop, the engine with "
+                    "enable_backward_allreduce=False (ovprof's single_rank_allreduce=false: no reduction over one rank)")
     ap.add_argument("--profile", default=None, metavar="TRACE", help="after timing, 2 steps under torch.profiler "
                     "with ovprof's module scopes; print the per-group table and write the Chrome trace")
     a = ap.parse_args(argv)
@@ -70,21 +70,26 @@ def main(argv=None) -> int:
 
     loops = {"plain": step}
     if a.interleave:
-        loops["deepspeed"] = _deepspeed_step(c, no_allreduce=a.no_allreduce)
+        loops["deepspeed"] = _deepspeed_step(c, no_allreduce=False)
+        if a.no_allreduce:
+            loops["deepspeed_no_allreduce"] = _deepspeed_step(c, no_allreduce=True)
     for _ in range(c.warmup):
         for f in loops.values():
             f()
     times: dict[str, list[float]] = {k: [] for k in loops}
     for i in range(c.steps):
-        for k in (list(loops) if i % 2 == 0 else list(loops)[::-1]):  # alternate who goes first
+        order = list(loops)
+        for k in order[i % len(order):] + order[:i % len(order)]:  # rotate who goes first
             t0 = time.perf_counter()
             loops[k]()
             times[k].append((time.perf_counter() - t0) * 1e3)
     out = {"loop": "plain", **_stats(times["plain"]), "torch_num_threads": torch.get_num_threads(),
            "config": {k: v for k, v in c.to_dict().items()}}
     if a.interleave:
-        out["deepspeed"] = _stats(times["deepspeed"])
-        out["deepspeed_over_plain"] = out["deepspeed"]["step_time_ms_median"] / out["step_time_ms_median"]
+        for k in loops:
+            if k != "plain":
+                out[k] = _stats(times[k])
+                out[f"{k}_over_plain"] = out[k]["step_time_ms_median"] / out["step_time_ms_median"]
     if a.profile:
         from ovprof.runner.profiling import profile_steps
 
@@ -128,7 +133,8 @@ def _deepspeed_step(c, *, no_allreduce: bool):
         os.environ.setdefault(k, v)
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     threads = torch.get_num_threads()
-    deepspeed.init_distributed(dist_backend="gloo")
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo")
     torch.set_num_threads(threads)
     torch.manual_seed(c.seed)
     model = objectives.build_model(c)
