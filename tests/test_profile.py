@@ -128,3 +128,14 @@ def test_breakdown_run_stores_the_breakdown_and_the_report_shows_where_it_goes(t
     t = build(load([path]))["where_it_goes"]
     assert {"vision", "decoder", "optimizer"} <= set(t.frame["group"])
     assert t.frame["share_pct"].sum() == pytest.approx(100, abs=0.5)
+
+
+def test_single_rank_allreduce_false_is_refused_above_one_rank_and_keeps_old_run_ids():
+    from ovprof.config import ConfigError, RunConfig, from_mapping
+
+    with pytest.raises(ConfigError, match="single_rank_allreduce"):
+        from_mapping({"world_size": 2, "single_rank_allreduce": False})
+    assert from_mapping({"single_rank_allreduce": False}).run_id != RunConfig().run_id
+    assert from_mapping({"breakdown": True}).run_id != RunConfig().run_id
+    old = RunConfig().run_id  # at their defaults the new fields leave run_id as it was
+    assert from_mapping({"single_rank_allreduce": True, "breakdown": False}).run_id == old
