@@ -97,7 +97,7 @@ def test_cli_profile_prints_the_table_writes_a_trace_and_json_parses(tmp_path):
     p = ovprof(*args, "--trace", str(trace))
     assert p.returncode == 0, p.stderr
     for word in ("module group", "vision", "decoder", "optimizer", "(engine)", "forward", "backward", "self",
-                 "tracked peak"):
+                 "tracked peak", "activ"):
         assert word in p.stdout, word
     assert json.loads(trace.read_text())["traceEvents"]
     p = ovprof(*args, "--json")

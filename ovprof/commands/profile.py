@@ -35,6 +35,8 @@ Examples:
 Open the trace in chrome://tracing or https://ui.perfetto.dev. Exit codes: 0 ok, 1 error, 2 bad input, 3 out of memory, 4 timeout."""
 
 COLUMNS = ("forward", "backward", "optimizer", "total")
+KIND_SHORT = {"activations": "activ", "parameters": "params", "gradients": "grads", "optimizer_state": "optim",
+              "temporaries": "temps", "inputs": "inputs", "other": "other"}
 
 
 def _table(result: dict, trace: str | None, snapshot: str | None) -> None:
@@ -43,7 +45,7 @@ def _table(result: dict, trace: str | None, snapshot: str | None) -> None:
     c = console()
     t = result["time_ms"]
     tab = Table(title=f"time per step by module group and phase, ms (CPU wall, mean of {t['steps']} profiled steps)")
-    tab.add_column("module group")
+    tab.add_column("module group", no_wrap=True)
     for k in COLUMNS:
         tab.add_column(k, justify="right")
     tab.add_column("share", justify="right")
@@ -52,7 +54,7 @@ def _table(result: dict, trace: str | None, snapshot: str | None) -> None:
         tab.add_row(g, *(f"{row[k]:.1f}" if row[k] else "-" for k in COLUMNS), f"{100 * row['total'] / step:.1f}%")
     tab.add_row("step", *("" for _ in COLUMNS[:-1]), f"{t['step_ms']:.1f}", "100%")
     c.print(tab)
-    ph = Table(title="per phase, ms: total, and self (outside every module group and the optimizer: engine work)")
+    ph = Table(title="per phase, ms (self: outside the model, autograd and the optimizer)")
     ph.add_column("phase")
     ph.add_column("total", justify="right")
     ph.add_column("self", justify="right")
@@ -62,14 +64,17 @@ def _table(result: dict, trace: str | None, snapshot: str | None) -> None:
     m = result["memory_bytes"]
     kinds = sorted({k for row in m["groups"].values() for k in row if k != "total"})
     mt = Table(title="memory at the tracked peak by module group and kind, MiB")
-    mt.add_column("module group")
+    mt.add_column("module group", no_wrap=True)
     for k in kinds:
-        mt.add_column(k, justify="right")
+        mt.add_column(KIND_SHORT.get(k, k), justify="right")
     mt.add_column("total", justify="right")
     for g, row in sorted(m["groups"].items(), key=lambda kv: -kv[1]["total"]):
         mt.add_row(g, *(f"{row[k] / 2**20:.2f}" if row.get(k) else "-" for k in kinds), f"{row['total'] / 2**20:.2f}")
-    mt.add_row("sum / tracked peak", *("" for _ in kinds), f"{m['sum_bytes'] / 2**20:.2f} / {m['peak_bytes'] / 2**20:.2f}")
     c.print(mt)
+    c.print(f"sum of the groups {m['sum_bytes'] / 2**20:.2f} MiB = tracked peak {m['peak_bytes'] / 2**20:.2f} MiB. "
+            "activ: allocated in the group's forward; params, grads, optim: owned by its parameters; (forward), "
+            "(backward), (optimizer): allocated in that phase outside every module's forward; (unowned): alive at "
+            "the start, no parameter's (DeepSpeed's flat buffers). docs/profile.md has the blind spots.")
     if trace:
         c.print(f"Chrome trace: {trace}")
     if snapshot:
