@@ -42,7 +42,8 @@ def where_table(data: Data, ctx: Context) -> Table:
             continue
         t, m = _split(r["breakdown_time_ms"]), _split(r.get("breakdown_memory_bytes"))
         step = sum(sum(v.values()) for v in t.values()) or 1.0
-        for g in list(t) + [g for g in m if g not in t]:
+        by_time = sorted(t, key=lambda g: -sum(t[g].values()))  # where the time goes first, then memory-only groups
+        for g in by_time + sorted((g for g in m if g not in t), key=lambda g: -sum(m[g].values())):
             tt, mm = t.get(g, {}), m.get(g, {})
             total = sum(tt.values())
             rows.append({"variant": r["variant"], **setting_cells(r, ctx), "group": g,
