@@ -13,7 +13,6 @@ and phase, a Chrome trace). No step of it is timed for a record.
 from __future__ import annotations
 
 import inspect
-import json
 import tempfile
 import typing
 from pathlib import Path

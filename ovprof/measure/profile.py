@@ -34,7 +34,7 @@ import torch
 
 OUTSIDE = "(outside modules)"  # the model's forward outside every top-level submodule: loss, head, masking
 ENGINE = "(engine)"  # DeepSpeed's work outside the model and the optimizer; framework buffers in memory
-from ovprof.measure.memory import UNGROUPED as UNOWNED  # noqa: E402 - memory: no module, no parameter
+from ovprof.measure.memory import UNGROUPED as UNOWNED  # noqa: E402,F401 - the memory group of no module, no parameter
 PHASES = ("forward", "backward", "optimizer")
 SCOPE = "ovprof::group::"
 PHASE_SCOPE = "ovprof::phase::"
