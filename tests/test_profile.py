@@ -10,11 +10,11 @@ import torch
 from conftest import TINY, ovprof
 
 
-def _tiny_model(objective="caption"):
+def _tiny_model(objective="caption", **kw):
     from ovprof import objectives
     from ovprof.config import RunConfig
 
-    c = RunConfig(**{**TINY, "objective": objective}).resolved()
+    c = RunConfig(**{**TINY, "objective": objective, **kw}).resolved()
     torch.manual_seed(0)
     return objectives.build_model(c), objectives.make_batch(c, torch.device("cpu"), rank=0)
 
@@ -37,12 +37,12 @@ class _Engine:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("objective", ["caption", "openvision"])
-def test_memory_by_group_adds_up_to_the_tracked_peak_and_time_names_the_towers(tmp_path, objective):
+@pytest.mark.parametrize("objective,checkpointing", [("caption", False), ("openvision", False), ("caption", True)])
+def test_memory_by_group_adds_up_to_the_tracked_peak_and_time_names_the_towers(tmp_path, objective, checkpointing):
     from ovprof.measure.profile import ENGINE, OUTSIDE
     from ovprof.runner.profiling import profile_steps
 
-    model, batch = _tiny_model(objective)
+    model, batch = _tiny_model(objective, checkpointing=checkpointing, checkpointing_text=checkpointing)
     engine = _Engine(model)
     for _ in range(2):  # warm-up: optimizer state exists, as in the worker
         engine.backward(engine(**batch))
@@ -67,6 +67,8 @@ def test_memory_by_group_adds_up_to_the_tracked_peak_and_time_names_the_towers(t
         assert t["groups"][ENGINE][ph] == pytest.approx(row["self"])
     total = sum(r["total"] for r in t["groups"].values())
     assert total == pytest.approx(t["step_ms"], rel=1e-6)
+    # no time counted twice (a checkpointed block's recomputation runs its forward hooks inside backward)
+    assert sum(r["total"] for g, r in t["groups"].items() if g != ENGINE) <= t["step_ms"] * 1.001
     assert json.loads(trace.read_text())["traceEvents"]
 
 

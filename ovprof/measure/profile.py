@@ -129,10 +129,13 @@ def time_breakdown(events, steps: int) -> dict:
         name = e.name
         if name.startswith(PHASE_SCOPE):
             phase_total[name[len(PHASE_SCOPE):]] += e.cpu_time_total
-        elif name == MODEL_SCOPE:
-            us[(OUTSIDE, "forward_model")] += e.cpu_time_total
-        elif name.startswith(SCOPE):
-            us[(name[len(SCOPE):], "forward")] += e.cpu_time_total
+        elif name == MODEL_SCOPE or name.startswith(SCOPE):
+            # only in the forward phase: a checkpointed block's recomputation runs its forward hooks inside
+            # backward, where its autograd node already counts it
+            if _ancestor(e, lambda p: p.name == PHASE_SCOPE + "forward") is None:
+                continue
+            key = (OUTSIDE, "forward_model") if name == MODEL_SCOPE else (name[len(SCOPE):], "forward")
+            us[key] += e.cpu_time_total
         elif name.startswith(OPT_STEP):
             us[("optimizer", "optimizer")] += e.cpu_time_total
         if e.sequence_nr is not None and e.sequence_nr >= 0 and not name.startswith(EVAL) \
