@@ -2,6 +2,7 @@
 
     ovprof models
     ovprof run --objective caption --encoder vit-debug --steps 5
+    ovprof profile --objective caption --encoder vit-debug
     ovprof env --json
 
 torch and deepspeed are imported inside the commands, so `ovprof --help` stays fast.
@@ -18,6 +19,7 @@ from ovprof.commands import check as check_cmd
 from ovprof.commands import env as env_cmd
 from ovprof.commands import estimate as estimate_cmd
 from ovprof.commands import models as models_cmd
+from ovprof.commands import profile as profile_cmd
 from ovprof.commands import report as report_cmd
 from ovprof.commands import run as run_cmd
 from ovprof.commands import sweep as sweep_cmd
@@ -44,6 +46,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 # In the order a user meets them. Command modules import torch/deepspeed/pandas inside their functions.
 app.command("models", help=models_cmd.HELP)(models_cmd.models)
 app.command("run", help=run_cmd.HELP)(run_cmd.run)
+app.command("profile", help=profile_cmd.HELP)(profile_cmd.profile)
 app.add_typer(sweep_cmd.app, name="sweep")
 app.command("report", help=report_cmd.HELP)(report_cmd.report)
 app.command("check", help=check_cmd.HELP)(check_cmd.check)

@@ -79,6 +79,11 @@ class RunConfig:
     bucket_elems: int | None = None  # DeepSpeed reduce/allgather bucket (elements); None = DeepSpeed default 5e8
     memory_budget_gib: float | None = None  # emulate a smaller device (per rank); None = the device's own
     ds_config_base: str = "{}"  # user's base DeepSpeed config, canonical JSON; ours is merged over it
+    breakdown: bool = False  # after all measured steps, one profiled step: time and memory by module group
+    # ZeRO 0 at world size 1: DeepSpeed still flattens every gradient into one buffer, all-reduces it over the one
+    # rank and copies it back (a gradient-sized buffer, four passes over the gradients; docs/profile.md). false:
+    # the engine skips it (enable_backward_allreduce=False), as a plain loop does. Refused at world size > 1.
+    single_rank_allreduce: bool = True
     # The pixel objectives' own fields (mae, pixio: ovprof/objectives/mae.py); any other objective refuses a
     # value other than the default. Defaults resolve per objective (MAE's, or Pixio's).
     pixel_decoder: str = "auto"  # pixel decoder preset; auto = dec-mae (MAE), dec-pixio (Pixio), debug for vit-debug
@@ -161,7 +166,8 @@ FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 # At its default such a field is left out of run_id, so existing stores resume and match as they did. Add each
 # new field here (docs/architecture.md, "Add a sweep axis"); never remove one.
 ID_STABLE_FIELDS: tuple[str, ...] = ("pixel_decoder", "mask_grid", "cls_tokens", "norm_pix_loss", "optimizer_impl",
-                                    "optimizer_state_dtype", "grad_accum", "attention", "compile")
+                                    "optimizer_state_dtype", "grad_accum", "attention", "compile", "breakdown",
+                                    "single_rank_allreduce")
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunConfig)}  # the one copy of the defaults
 _FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
 
@@ -262,6 +268,8 @@ def validate(c: RunConfig) -> None:
     _check(c.steps <= MAX_STEPS, "steps", c.steps, f"is above {MAX_STEPS:,}: a measurement needs tens of steps")
     _check(c.warmup <= MAX_STEPS, "warmup", c.warmup, f"is above {MAX_STEPS:,}: warm-up needs a few steps")
     _check(c.world_size <= 2**20, "world_size", c.world_size, "is more ranks than any cluster has")
+    _check(c.single_rank_allreduce or c.world_size == 1, "single_rank_allreduce", c.single_rank_allreduce,
+           "false skips the gradient all-reduce, which only a single rank may do (world_size 1)")
     res = c.res or presets.ENCODERS[c.encoder].native_res
     images = c.batch * 3 * res * res
     _check(images < MAX_ELEMENTS, "batch", c.batch, f"at res {res} the image batch ({images:.3g} elements) cannot be "

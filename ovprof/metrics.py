@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Where a figure is measured: one monitor object per source in the worker.
-SOURCES = ("timer", "tracker", "allocator", "nvml", "os", "analytic", "hardware", "runtime", "launcher")
+SOURCES = ("timer", "tracker", "allocator", "nvml", "os", "analytic", "hardware", "runtime", "launcher", "profiler")
 
 # How a multi-rank run's per-rank values become the record's value:
 #   max      the largest over ranks (memory per device: the device that runs out first)
@@ -91,6 +91,11 @@ _ALL = (
     Metric("tracked_start_breakdown_bytes", "bytes", "tracker", "at_peak", "resident at the step's start",
            shape="breakdown"),
     Metric("tracked_steps", "count", "tracker", "rank0", "tracked steps", integer=True),
+    # profiled step(s) after everything measured, only with breakdown=true (ovprof/runner/profiling.py)
+    Metric("breakdown_time_ms", "ms", "profiler", "rank0", "time per step by module group/phase",
+           shape="breakdown"),
+    Metric("breakdown_memory_bytes", "bytes", "profiler", "at_peak", "tracked peak by module group/kind",
+           shape="breakdown"),
     # the operating system's accounting of the worker process
     Metric("peak_rss_bytes", "bytes", "os", "max", "process RSS", gate="memory", integer=True, report_key="rss"),
     Metric("peak_rss_steps_bytes", "bytes", "os", "max", "process RSS (timed steps)", gate="memory", integer=True),

@@ -100,6 +100,31 @@ def summarize(record, store: str) -> None:
     c.print(f"record appended to {store}")
 
 
+# The options that say which point runs; `ovprof profile` takes the same ones (ovprof/commands/profile.py).
+POINT_OPTIONS = ("objective", "encoder", "res", "mask_ratio", "mask_position", "batch", "zero", "precision", "steps",
+                 "warmup", "world_size", "checkpointing", "memory_budget", "ds_config", "ds_override", "set_")
+
+
+def config_from_options(*, objective, encoder, res, mask_ratio, mask_position, batch, zero, precision, steps, warmup,
+                        world_size, checkpointing, memory_budget, ds_config, ds_override, set_):
+    """The RunConfig the point options name: defaults, then --ds-config's fields, then the options and --set."""
+    from ovprof.config import from_mapping, parse_set
+
+    values = {k: v for k, v in {
+        "objective": objective, "encoder": encoder, "res": res, "mask_ratio": mask_ratio,
+        "mask_position": mask_position, "batch": batch, "zero": zero, "precision": precision, "steps": steps,
+        "warmup": warmup, "world_size": world_size, "checkpointing": checkpointing,
+        "memory_budget_gib": memory_budget, "ds_config_base": load_ds_config(ds_config),
+    }.items() if v is not None}
+    values.update(parse_set(set_))
+    from ovprof.runner.deepspeed_config import apply_base
+
+    warn = console(stderr=True)
+    values = apply_base(values, source="command line", override=ds_override,
+                        warn=lambda m: warn.print(f"warning: {m}", markup=False, highlight=False, soft_wrap=True))
+    return from_mapping(values, source="command line")
+
+
 def run(
     objective: Optional[str] = typer.Option(None, help="caption | clip | openvision | mae | pixio  \\[default: caption]"),
     encoder: Optional[str] = typer.Option(None, help="Vision preset (see `ovprof models`)  \\[default: vit-debug]"),
@@ -132,21 +157,13 @@ def run(
     hostfile: Optional[Path] = typer.Option(None, help="DeepSpeed hostfile for multi-node (implies --launcher deepspeed)."),
     json_out: bool = typer.Option(False, "--json", help="Print the record as JSON."),
 ) -> None:
-    from ovprof.config import ExecOptions, from_mapping, parse_set
+    from ovprof.config import ExecOptions
 
-    values = {k: v for k, v in {
-        "objective": objective, "encoder": encoder, "res": res, "mask_ratio": mask_ratio,
-        "mask_position": mask_position, "batch": batch, "zero": zero, "precision": precision, "steps": steps,
-        "warmup": warmup, "world_size": world_size, "checkpointing": checkpointing,
-        "memory_budget_gib": memory_budget, "ds_config_base": load_ds_config(ds_config),
-    }.items() if v is not None}
-    values.update(parse_set(set_))
-    from ovprof.runner.deepspeed_config import apply_base, build
-
+    cfg = config_from_options(objective=objective, encoder=encoder, res=res, mask_ratio=mask_ratio,
+                              mask_position=mask_position, batch=batch, zero=zero, precision=precision, steps=steps,
+                              warmup=warmup, world_size=world_size, checkpointing=checkpointing,
+                              memory_budget=memory_budget, ds_config=ds_config, ds_override=ds_override, set_=set_)
     warn = console(stderr=True)
-    values = apply_base(values, source="command line", override=ds_override,
-                        warn=lambda m: warn.print(f"warning: {m}", markup=False, highlight=False, soft_wrap=True))
-    cfg = from_mapping(values, source="command line")
     if launcher not in ("torchrun", "deepspeed"):
         raise UsageError(f"--launcher {launcher!r}: must be torchrun or deepspeed")
     from ovprof.paths import input_file, output_dir, output_file
@@ -164,6 +181,8 @@ def run(
     opts = ExecOptions(store=str(out), timeout_s=timeout, launcher=launcher,
                        hostfile=str(hostfile) if hostfile else None)
     if dry_run:
+        from ovprof.runner.deepspeed_config import build
+
         print_json({"run_id": cfg.run_id, "config": cfg.resolved().to_dict(), "ds_config": build(cfg),
                     "store": str(out)})
         raise typer.Exit(0)

@@ -41,6 +41,8 @@ from torch.utils._pytree import tree_flatten
 
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "inputs", "other", "activations", "temporaries")
 BUDGET_MESSAGE = "ovprof memory budget exceeded"
+PHASE_GROUPS = ("forward", "backward", "optimizer")  # outside every module: the group is "(<phase>)"
+UNGROUPED = "(unowned)"  # module group of a tensor no module's forward allocated and no parameter owns
 
 
 class BudgetExceeded(MemoryError):
@@ -61,6 +63,12 @@ class TensorTracker(TorchDispatchMode):
         super().__init__()
         self.budget_bytes = budget_bytes
         self._live: dict[int, tuple[weakref.ref, int, str]] = {}  # id(storage) -> (ref, nbytes, category)
+        # Module groups (ovprof/measure/profile.py): `group` is the one running now, set by its hooks; every
+        # live storage has one (UNGROUPED unless named), so the (kind, group) split sums to live_bytes.
+        self.group: str | None = None
+        self._group_of: dict[int, str] = {}
+        self.by_group: dict[tuple[str, str], int] = {}
+        self.peak_group_breakdown_bytes: dict[tuple[str, str], int] = {}
         self.by_category: dict[str, int] = dict.fromkeys(CATEGORIES, 0)
         self.live_bytes = 0
         self.peak_bytes = 0
@@ -78,8 +86,10 @@ class TensorTracker(TorchDispatchMode):
             _, nbytes, cat = entry
             self.live_bytes -= nbytes
             self.by_category[cat] -= nbytes
+            g = self._group_of.pop(key, UNGROUPED)
+            self.by_group[(cat, g)] -= nbytes
 
-    def _add(self, st, category: str) -> None:
+    def _add(self, st, category: str, group: str | None = None) -> None:
         key = id(st)
         if key in self._live:
             return
@@ -88,9 +98,11 @@ class TensorTracker(TorchDispatchMode):
         self._live[key] = (ref, nbytes, category)
         self.live_bytes += nbytes
         self.by_category[category] += nbytes
+        g = group or self.group or (f"({self._phase})" if self._phase in PHASE_GROUPS else UNGROUPED)
+        self._group_of[key] = g
+        self.by_group[(category, g)] = self.by_group.get((category, g), 0) + nbytes
         if self.live_bytes > self.peak_bytes:
-            self.peak_bytes = self.live_bytes
-            self.peak_breakdown_bytes = dict(self.by_category)
+            self._new_peak()
         if self.live_bytes > self.phase_peak_bytes.get(self._phase, 0):
             self.phase_peak_bytes[self._phase] = self.live_bytes
         if self.budget_bytes is not None and self.live_bytes > self.budget_bytes:
@@ -108,23 +120,40 @@ class TensorTracker(TorchDispatchMode):
             self._live[id(st)] = (ref, new, cat)
             self.live_bytes += new - old
             self.by_category[cat] += new - old
+            g = self._group_of.get(id(st), UNGROUPED)
+            self.by_group[(cat, g)] = self.by_group.get((cat, g), 0) + new - old
             if self.live_bytes > self.peak_bytes:
-                self.peak_bytes = self.live_bytes
-                self.peak_breakdown_bytes = dict(self.by_category)
+                self._new_peak()
 
-    def reclassify(self, tensors: Iterable[torch.Tensor], category: str) -> None:
+    def _new_peak(self) -> None:
+        self.peak_bytes = self.live_bytes
+        self.peak_breakdown_bytes = dict(self.by_category)
+        self.peak_group_breakdown_bytes = dict(self.by_group)
+
+    def reclassify(self, tensors: Iterable[torch.Tensor], category: str | None, group: str | None = None) -> None:
+        """Move tensors to another kind (None: keep theirs) and, if given, another module group."""
         for t in tensors:
             st = _storage(t)
             if st is None:
                 continue
-            entry = self._live.get(id(st))
+            key = id(st)
+            entry = self._live.get(key)
             if entry is None:
-                self._add(st, category)
-            elif entry[2] != category:
-                ref, nbytes, old = entry
-                self._live[id(st)] = (ref, nbytes, category)
-                self.by_category[old] -= nbytes
-                self.by_category[category] += nbytes
+                if category is not None:
+                    self._add(st, category, group)
+                continue
+            ref, nbytes, old = entry
+            new = old if category is None else category
+            g_old = self._group_of.get(key, UNGROUPED)
+            g_new = group or g_old
+            if new == old and g_new == g_old:
+                continue
+            self._live[key] = (ref, nbytes, new)
+            self._group_of[key] = g_new
+            self.by_category[old] -= nbytes
+            self.by_category[new] += nbytes
+            self.by_group[(old, g_old)] -= nbytes
+            self.by_group[(new, g_new)] = self.by_group.get((new, g_new), 0) + nbytes
 
     # -- dispatch -----------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -171,16 +200,19 @@ class TensorTracker(TorchDispatchMode):
                 if st is not None and st.nbytes() > 0:
                     self._add(st, "other")
 
-    def watch_gradients(self, params: Iterable[torch.Tensor]) -> None:
-        """Move a parameter's .grad to `gradients` when autograd accumulates it."""
+    def watch_gradients(self, params: Iterable[torch.Tensor], groups: dict[int, str] | None = None) -> None:
+        """Move a parameter's .grad to `gradients` (and to its group: id(param) -> group) when autograd
+        accumulates it."""
+        groups = groups or {}
         for p in params:
             if p.requires_grad and hasattr(p, "register_post_accumulate_grad_hook"):
                 self._hooks.append(p.register_post_accumulate_grad_hook(
-                    lambda q: q.grad is not None and self.reclassify([q.grad], "gradients")))
+                    lambda q, g=groups.get(id(p)): q.grad is not None and self.reclassify([q.grad], "gradients", g)))
 
     def reset_peak(self) -> None:
         self.peak_bytes = self.live_bytes
         self.peak_breakdown_bytes = dict(self.by_category)
+        self.peak_group_breakdown_bytes = dict(self.by_group)
         self.phase_peak_bytes = {}
         self.start_bytes = self.live_bytes
         self.start_breakdown_bytes = dict(self.by_category)

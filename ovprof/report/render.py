@@ -210,7 +210,8 @@ def _sections(rep: Report) -> list[tuple[str, Any]]:
     items.append(("raw_table", (["paper setting", "global batch", "OpenVision GB/chip", "OpenVision 2 GB/chip"],
                                 mem_rows)))
     for name, plot in (("families", "families.png"), ("mask_ratio", "mask_ratio.png"), ("batch", "batch_memory.png"),
-                       ("zero", "zero_memory.png"), ("loss_impl", None), ("levers", None)):
+                       ("zero", "zero_memory.png"), ("loss_impl", None), ("levers", None),
+                       ("where_it_goes", None)):
         tab = t[name]
         items.append(("h2", tab.title))
         if name == "zero":

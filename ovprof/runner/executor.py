@@ -60,6 +60,7 @@ class Job:
     ds_config: dict
     opts: ExecOptions
     log_path: Path
+    profile: dict | None = None  # `ovprof profile`: {"steps", "trace", "memory_snapshot"}; the worker profiles, times nothing
 
 
 @dataclass
@@ -81,7 +82,7 @@ class Executor(Protocol):
         ...
 
 
-def make_job(cfg: RunConfig, opts: ExecOptions) -> Job:
+def make_job(cfg: RunConfig, opts: ExecOptions, profile: dict | None = None) -> Job:
     """A job for `cfg`: its DeepSpeed config built, its log path chosen (unique per attempt)."""
     from ovprof.runner.deepspeed_config import build
 
@@ -89,7 +90,8 @@ def make_job(cfg: RunConfig, opts: ExecOptions) -> Job:
     store_path = Path(opts.store)
     log_dir = Path(opts.log_dir) if opts.log_dir else store_path.parent / "logs"
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return Job(config=cfg, ds_config=build(cfg), opts=opts, log_path=log_dir / f"{cfg.run_id}-{stamp}.log")
+    return Job(config=cfg, ds_config=build(cfg), opts=opts, log_path=log_dir / f"{cfg.run_id}-{stamp}.log",
+               profile=profile)
 
 
 # -- ports ------------------------------------------------------------------------------------------------
@@ -289,7 +291,8 @@ class LocalExecutor:
         with tempfile.TemporaryDirectory(prefix=f"ovprof-{cfg.run_id}-") as tmp, port_lease() as port:
             tmp = Path(tmp)
             spec = tmp / "spec.json"
-            spec.write_text(json.dumps({"config": cfg.to_dict(), "ds_config": job.ds_config}))
+            spec.write_text(json.dumps({"config": cfg.to_dict(), "ds_config": job.ds_config,
+                                        **({"profile": job.profile} if job.profile else {})}))
             result_dir = tmp / "result"
             cmd = worker_command(cfg, opts, spec, result_dir, port)
             env = dict(os.environ)

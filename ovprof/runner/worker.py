@@ -38,6 +38,7 @@ PHASES = {
     "timed": "timed steps",
     "nvml": "untimed steps sampled by NVML",
     "tracked": "tracked steps (tensor tracker)",
+    "profile": "profiled steps (torch.profiler, module scopes; never timed)",
     "done": "writing the result",
 }
 NVML_STEPS = 3  # untimed steps the NVML sampler polls, after the timed ones (CUDA only)
@@ -181,6 +182,8 @@ class Runner:
 
         self.cfg = from_mapping(spec["config"])
         self.ds_config = spec["ds_config"]
+        self.profile = spec.get("profile")  # `ovprof profile`: profile after warm-up instead of timing
+        self.profile_result: dict | None = None
         self.result_dir = result_dir
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -259,6 +262,8 @@ class Runner:
             # ZeRO put on the module are in place when dynamo traces it, and the engine knows it is compiled.
             # Compilation itself happens lazily, in the first warm-up step.
             engine.compile(compile_kwargs={"mode": c.compile})
+        if not c.single_rank_allreduce:  # world size 1 (validated): nothing to reduce
+            engine.enable_backward_allreduce = False
         batch = objectives.make_batch(c, device, rank=self.rank)
         sink.set("startup_s", time.perf_counter() - self.t_start)
         # CPU step times depend on intra-op threads and on what else runs on the cores: record them.
@@ -296,6 +301,16 @@ class Runner:
             else:
                 step()
         sync()
+        if self.profile is not None:
+            self.phase = "profile"
+            from ovprof.runner.profiling import profile_steps
+
+            self.profile_result = profile_steps(engine, model, batch, steps=int(self.profile.get("steps", 2)),
+                                                trace_path=self.profile.get("trace") if self.rank == 0 else None,
+                                                memory_snapshot_path=self.profile.get("memory_snapshot")
+                                                if self.rank == 0 else None, cuda=cuda)
+            self.phase = "done"
+            return
 
         compiled = c.compile != "none" or c.loss_impl == "compiled"
         graphs_before = _compiled_graphs() if compiled else None
@@ -324,6 +339,11 @@ class Runner:
                          "tracked_start_breakdown_bytes", "tracked_steps"):
                 sink.null(name, why)
         rss.read_life(sink)
+        if c.breakdown:  # after every measured step: the hooks and the profiler never touch a timed one
+            self.phase = "profile"
+            from ovprof.runner.profiling import breakdown_metrics, profile_steps
+
+            breakdown_metrics(profile_steps(engine, model, batch, steps=1, cuda=cuda), sink)
         sink.set("param_count", sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters()))
         self.phase = "done"
 
@@ -397,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         out["error"] = {"type": type(exc).__name__, "message": str(exc)[:2000], "phase": runner.phase,
                         "traceback_tail": tb[-3000:]}
         code = EXIT_OOM if oom else EXIT_ERROR
+    if runner.profile_result is not None:
+        out["profile"] = runner.profile_result
     out["metrics"] = runner.sink.values
     out["null_reasons"] = runner.sink.reasons
     try:
