@@ -135,7 +135,7 @@ def test_the_zygote_serves_on_a_cpu_machine_and_refuses_nothing_it_cannot_fork()
 
 @pytest.mark.slow
 def test_a_forked_worker_measures_exactly_what_a_fresh_one_does(tmp_path, monkeypatch):
-    cfg = RunConfig(**TINY, objective="openvision", zero=2, bucket_elems=1_000_000)
+    cfg = RunConfig(**TINY, objective="caption", mask_ratio=0.5)
     warm = run_point(cfg, ExecOptions(store=str(tmp_path / "a.jsonl")))
     monkeypatch.setenv("OVPROF_ZYGOTE", "0")
     cold = run_point(cfg, ExecOptions(store=str(tmp_path / "b.jsonl")))
