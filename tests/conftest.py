@@ -38,3 +38,22 @@ def tiny():
         return RunConfig(**{**TINY, **kw})
 
     return make
+
+
+@pytest.fixture
+def cli_in_process(monkeypatch, capsys):
+    """Run `ovprof ARGS` through the real entry point in this process; returns (exit code, stdout, stderr)."""
+    from ovprof import cli as entry
+
+    def run(*args: str):
+        monkeypatch.setattr(sys, "argv", ["ovprof", *args])
+        monkeypatch.setenv("COLUMNS", "200")
+        try:
+            entry.main()
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -67,22 +67,9 @@ def write(path, *records) -> str:
 
 
 @pytest.fixture
-def check(monkeypatch, capsys):
+def check(cli_in_process):
     """Run `ovprof check ARGS` through the real entry point in-process; (exit code, stdout, stderr)."""
-    from ovprof import cli
-
-    def run(*args: str):
-        monkeypatch.setattr(sys, "argv", ["ovprof", "check", *args])
-        monkeypatch.setenv("COLUMNS", "200")
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return lambda *args: cli_in_process("check", *args)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,24 +16,10 @@ from conftest import TINY, tiny_toml
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys, tmp_path):
-    """Run `ovprof ARGS` in-process in tmp_path; (exit code, stdout, stderr)."""
-    from ovprof import cli as entry
-
+def cli(cli_in_process, monkeypatch, tmp_path):
+    """`ovprof ARGS` in-process, in tmp_path; (exit code, stdout, stderr)."""
     monkeypatch.chdir(tmp_path)
-
-    def run(*args: str):
-        monkeypatch.setattr(sys, "argv", ["ovprof", *args])
-        monkeypatch.setenv("COLUMNS", "200")
-        try:
-            entry.main()
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return cli_in_process
 
 
 def refused(result, tmp_path: Path, *needles: str) -> None:
