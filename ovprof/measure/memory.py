@@ -239,6 +239,20 @@ def optimizer_tensors(opt) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return state, grads
 
 
+def adopt_training_state(tr: "TensorTracker", model, optimizer, batch: dict) -> tuple[list, object]:
+    """Classify what a training step finds alive: parameters (and ZeRO-3's partitions), gradients, the optimizer's
+    state and master weights, the inputs. `optimizer` may be DeepSpeed's wrapper (its inner torch optimizer is
+    read). Returns (parameters, the inner optimizer), for the callers that classify further."""
+    params = list(model.parameters())
+    inner = getattr(optimizer, "optimizer", optimizer)
+    opt_state, opt_grads = optimizer_tensors(inner)
+    ds_parts = [p.ds_tensor for p in params if hasattr(p, "ds_tensor")]
+    grads = [p.grad for p in params if p.grad is not None] + opt_grads
+    tr.adopt_existing(parameters=params + ds_parts, gradients=grads, optimizer_state=opt_state,
+                      inputs=list(batch.values()))
+    return params, inner
+
+
 # ---- process-level figures --------------------------------------------------------------
 def peak_rss_bytes_self() -> int:
     """Peak resident set of this process, from the kernel's own accounting (ru_maxrss, KiB on Linux)."""

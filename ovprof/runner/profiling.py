@@ -21,7 +21,7 @@ def profile_steps(engine, model, batch, *, steps: int, trace_path: str | None = 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from ovprof.measure.memory import TensorTracker, optimizer_tensors
+    from ovprof.measure.memory import TensorTracker, adopt_training_state
 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
@@ -36,19 +36,14 @@ def profile_steps(engine, model, batch, *, steps: int, trace_path: str | None = 
         sync()
 
     # Memory: one step under the tracker, the module scopes naming each allocation's group.
-    params = list(model.parameters())
+    tr = TensorTracker()
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    opt_state, opt_grads = optimizer_tensors(inner)
-    ds_parts = [p.ds_tensor for p in params if hasattr(p, "ds_tensor")]
-    grads = [p.grad for p in params if p.grad is not None] + opt_grads
     by_group = P.param_groups(model, inner)
     group_of_param = {id(p): P.group_of_name(n) for n, p in model.named_parameters()}
     if cuda and memory_snapshot_path:
         torch.cuda.memory._record_memory_history(max_entries=200_000)
-    tr = TensorTracker()
     with tr:
-        tr.adopt_existing(parameters=params + ds_parts, gradients=grads, optimizer_state=opt_state,
-                          inputs=list(batch.values()))
+        params, _ = adopt_training_state(tr, model, engine.optimizer, batch)
         for g, ts in by_group.items():
             tr.reclassify(ts, None, g)
         tr.reclassify(list(batch.values()), None, "(inputs)")

@@ -365,17 +365,11 @@ class Runner:
         """One optimizer step (`accum` micro-steps) under the tensor tracker; keeps the higher of this and the
         previous tracked peak. Every micro-step's forward and backward count in their phases; the optimizer phase
         is the last micro-step's engine.step(), the one that steps (the earlier ones only advance the count)."""
-        from ovprof.measure.memory import TensorTracker, optimizer_tensors
+        from ovprof.measure.memory import TensorTracker, adopt_training_state
 
-        params = list(model.parameters())
-        inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-        opt_state, opt_grads = optimizer_tensors(inner)
-        ds_parts = [p.ds_tensor for p in params if hasattr(p, "ds_tensor")]
-        grads = [p.grad for p in params if p.grad is not None] + opt_grads
         tr = TensorTracker(budget_bytes=budget)
         with tr:
-            tr.adopt_existing(parameters=params + ds_parts, gradients=grads, optimizer_state=opt_state,
-                              inputs=list(batch.values()))
+            params, _ = adopt_training_state(tr, model, engine.optimizer, batch)
             tr.reset_peak()
             tr.watch_gradients(params)
             with attention():
