@@ -24,27 +24,16 @@ def load_records(stores: str | Path | Iterable[str | Path], latest: bool = True,
 
     latest: one row per run_id, its latest record (later lines and later stores win); False keeps every record
     in file order, superseded ones included. kind: "run" (run records) or "max_batch" (search summaries)."""
-    import pandas as pd
-
+    from ovprof.report.load import flat_frame, pick
     from ovprof.results import record as R
 
     if kind not in ("run", "max_batch"):
         raise ValueError(f"kind must be 'run' or 'max_batch', not {kind!r}")
     paths = [stores] if isinstance(stores, (str, Path)) else list(stores)
-    rows, order = [], []
+    store_of, records = {}, []
     for p in paths:
         contents = R.read_store(p)
-        recs = contents.runs if kind == "run" else contents.max_batches
-        for r in recs:
-            d = r.to_json()
-            d.pop("per_rank", None)
-            d.pop("ds_config", None)
-            d.pop("null_reasons", None)
-            d["store"] = str(p)
-            rows.append(d)
-            order.append(r.run_id)
-    if latest:
-        last = {rid: i for i, rid in enumerate(order)}
-        rows = [rows[i] for i in sorted(last.values())]
-    frame = pd.json_normalize(rows, max_level=2, sep=".") if rows else pd.DataFrame(columns=["run_id", "status"])
-    return frame.reset_index(drop=True)
+        for r in contents.runs if kind == "run" else contents.max_batches:
+            store_of[id(r)] = str(p)
+            records.append(r)
+    return flat_frame((r, store_of[id(r)]) for r in pick(records, latest=latest))

@@ -206,3 +206,34 @@ def nobatch_keys(row: pd.Series | dict) -> tuple[str, str]:
     setting = {k: config_value(cfg, k) for k in SETTING_FIELDS if k != "batch"}
     with_env = {**setting, "hardware": row["hardware"], "torch": row["torch"], "deepspeed": row["deepspeed"]}
     return key_of(with_env), key_of(setting)
+
+
+# -- the flat frame: every field of a record a column (ovprof.load_records, ovprof export --to csv/parquet) --------
+
+
+def pick(records: Iterable[R.R], *, latest: bool) -> list[R.R]:
+    """The records in the order given; with `latest`, each run_id's last one only (as `record.latest` decides),
+    at its own place. One kind at a time: a run record and a max-batch summary never share a run_id's slot."""
+    records = list(records)
+    if not latest:
+        return records
+    keep = {id(r) for r in R.latest(records).values()}
+    return [r for r in records if id(r) in keep]
+
+
+def flat_frame(records: Iterable[tuple[R.Record, str]]) -> pd.DataFrame:
+    """One row per (record, store path), its fields flattened into columns: `config.<field>` (normalised),
+    `metrics.<name>` (a per-step list stays a list, breakdowns become `metrics.<name>.<part>`), `derived.<name>`,
+    `env.<key>`, `error.<key>`, the record's own fields (`run_id`, `status`, `kind`, `sweep`, timestamps...) and
+    `store`. per_rank, ds_config and null_reasons are left out (the rank merge, the DeepSpeed config as used,
+    and why a metric is null: the record itself has them)."""
+    rows = []
+    for r, store in records:
+        d = r.to_json()
+        d.pop("per_rank", None)
+        d.pop("ds_config", None)
+        d.pop("null_reasons", None)
+        d["store"] = str(store)
+        rows.append(d)
+    frame = pd.json_normalize(rows, max_level=2, sep=".") if rows else pd.DataFrame(columns=["run_id", "status"])
+    return frame.reset_index(drop=True)
