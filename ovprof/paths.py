@@ -111,6 +111,22 @@ def input_file(path: str | Path, what: str, *, missing: str = "no such file") ->
     return p
 
 
+def input_dir(path: str | Path, what: str, *, missing: str = "no such folder") -> Path:
+    """A folder ovprof will read (a report to attach to an export)."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _bad(what, p, missing) from None
+    except OSError as e:
+        raise _bad(what, p, f"cannot read it ({e.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise _bad(what, p, f"is {_kind(st.st_mode).replace('not a regular file', 'a file')}, not a folder")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise _bad(what, p, "is not readable")
+    return p
+
+
 def plain_name(name: str, what: str) -> str:
     """A name that becomes part of a path (a sweep's name -> results/NAME.jsonl): no folders, no climbing out."""
     bad = [ch for ch in name if not (ch.isalnum() or ch in "-_.+@")]
