@@ -3,6 +3,7 @@
     ovprof models
     ovprof run --objective caption --encoder vit-debug --steps 5
     ovprof profile --objective caption --encoder vit-debug
+    ovprof export results/quickstart.jsonl --to mlflow
     ovprof env --json
 
 torch and deepspeed are imported inside the commands, so `ovprof --help` stays fast.
@@ -18,6 +19,7 @@ import typer
 from ovprof.commands import check as check_cmd
 from ovprof.commands import env as env_cmd
 from ovprof.commands import estimate as estimate_cmd
+from ovprof.commands import export as export_cmd
 from ovprof.commands import models as models_cmd
 from ovprof.commands import profile as profile_cmd
 from ovprof.commands import report as report_cmd
@@ -50,6 +52,7 @@ app.command("profile", help=profile_cmd.HELP)(profile_cmd.profile)
 app.add_typer(sweep_cmd.app, name="sweep")
 app.command("report", help=report_cmd.HELP)(report_cmd.report)
 app.command("check", help=check_cmd.HELP)(check_cmd.check)
+app.command("export", help=export_cmd.HELP)(export_cmd.export)
 app.command("estimate", help=estimate_cmd.HELP)(estimate_cmd.estimate)
 app.command("env", help=env_cmd.HELP)(env_cmd.env)
 

@@ -29,7 +29,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("ovprof.config",),  # RunConfig and friends, built from the layers below
     ("ovprof.results",),  # the record and the store
     ("ovprof.estimate", "ovprof.runner"),  # predict a run; make a run
-    ("ovprof.sweep", "ovprof.report", "ovprof.check"),  # many runs; read them back; gate them
+    ("ovprof.sweep", "ovprof.report", "ovprof.check", "ovprof.export"),  # many runs; read them back; gate them;
+    # hand them to other tools
     ("ovprof.commands",),  # one module per command
     ("ovprof.cli", "ovprof.api"),  # the root Typer app; the Python API
 ]
