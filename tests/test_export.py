@@ -224,6 +224,14 @@ def test_mlflow_refused_file_store_is_one_line(store, mlflow_uri, monkeypatch, c
     assert "MLFLOW_ALLOW_FILE_STORE=false" in err
 
 
+def test_mlflow_server_unreachable_is_one_line_exit_1(store, monkeypatch, cli_in_process):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    code, _, err = cli_in_process("export", str(store), "--to", "mlflow", "--tracking-uri", "http://127.0.0.1:9")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "MLflow at http://127.0.0.1:9" in err
+
+
 # -- CSV and Parquet -----------------------------------------------------------------------------------------------
 
 

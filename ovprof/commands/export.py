@@ -134,4 +134,5 @@ def _say_mlflow(chosen, o, local: bool) -> None:
     if o.report_run:
         c.print(f"report: the artifacts of run {o.report_run} ('report')", markup=False, soft_wrap=True)
     if local:  # a server has its own UI
-        c.print(f"browse: MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {o.uri}", markup=False, soft_wrap=True)
+        c.print(f"browse (the UI needs the full mlflow package): MLFLOW_ALLOW_FILE_STORE=true mlflow ui "
+                f"--backend-store-uri {o.uri}", markup=False, soft_wrap=True)

@@ -32,6 +32,7 @@ overwrite).
 MLflow 3 refuses its file store (`./mlruns`) unless `MLFLOW_ALLOW_FILE_STORE=true` is set, and its database
 store needs the full `mlflow` package (SQLAlchemy). mlflow-skinny has the file store, so a file-store export
 sets the variable for its own duration when it is unset; set it to false to have the file store refused.
+Against a server, unless set: 3 retries of a failed request, backoff factor 1 (`SERVER_ENV`).
 """
 
 from __future__ import annotations
@@ -109,17 +110,22 @@ def resolve_uri(text: str | None) -> tuple[str, Path | None]:
     return path.as_uri(), path
 
 
+# Set for the export's duration where the user has not set them. MLflow 3 opens its file store only with
+# MLFLOW_ALLOW_FILE_STORE=true. Against a server, MLflow retries a failed request 7 times with a backoff factor
+# of 2 (minutes before a mistyped URL is an error); 3 retries, factor 1, fail within seconds.
+FILE_STORE_ENV = {ALLOW_FILE_STORE: "true"}
+SERVER_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
 @contextmanager
-def _file_store_allowed(local: bool):
-    """MLFLOW_ALLOW_FILE_STORE=true while a file-store export runs, unless the user set it either way."""
-    if not local or ALLOW_FILE_STORE in os.environ:
-        yield
-        return
-    os.environ[ALLOW_FILE_STORE] = "true"
+def _env_defaults(values: dict[str, str]):
+    added = [k for k in values if k not in os.environ]
+    os.environ.update({k: values[k] for k in added})
     try:
         yield
     finally:
-        os.environ.pop(ALLOW_FILE_STORE, None)
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def experiment_name(chosen, given: str | None) -> str:
@@ -242,7 +248,8 @@ def export(chosen, *, uri: str, local: bool, experiment: str, report_dir: Path |
     """Write `chosen`'s records to `experiment` at `uri`; see the module docstring."""
     from mlflow.exceptions import MlflowException
 
-    with _file_store_allowed(local):
+    server = urlsplit(uri).scheme in ("http", "https")
+    with _env_defaults(FILE_STORE_ENV if local else SERVER_ENV if server else {}):
         try:
             return _export(chosen, uri=uri, experiment=experiment, report_dir=report_dir)
         except MlflowException as e:
