@@ -78,7 +78,7 @@ def export(
         ML.require()
         uri, folder = ML.resolve_uri(tracking_uri)
         if folder is not None:
-            output_dir(folder, "--tracking-uri")
+            output_dir(folder, "--tracking-uri" if tracking_uri is not None else "MLflow file store")
         if report_dir is not None:
             input_dir(report_dir, "--report")
         chosen = X.read(store, every=every)
