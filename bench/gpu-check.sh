@@ -15,14 +15,20 @@
 #   verify      status ok, mfu set, a reason on every null, reserved at the reset vs the record, step time with
 #               and without the NVML sampler, tracked optimizer-phase bytes vs the estimate, both OOMs (see
 #               bench/gpu_check.py)
+# Stage 2 (issue 16, item 5; about 4 minutes more), the study's records in DIR/study.jsonl:
+#   families    OpenVision vs caption-only at vit-b16@224, batch 64, bf16, ZeRO 0: bench/gpu-families.toml
+#   fused-ce    the caption loss at vit-b16: eager, compiled, chunked, triton: bench/gpu-fused-ce.toml
+#   paper-l14   sweeps/paper-vit-l14-224.toml cut down: batches 64, 256 and a coarse max-batch search, ZeRO 0:
+#               bench/gpu-paper-l14.toml
+#   report      ovprof report over stage 2's records: DIR/report/ (savings beside the paper's, plots)
 # A failed check is counted and the script goes on; it exits 1 if any failed. Each command's output is in
-# DIR/<check>.log, the records in DIR/runs.jsonl, the verdict in DIR/verdict.json.
+# DIR/<check>.log, stage 1's records in DIR/runs.jsonl, the verdict in DIR/verdict.json.
 # Python: $PYTHON (default: python), with ovprof importable (pip install -e . or PYTHONPATH=.).
 
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
 
 DRY=0
 OUT=""
@@ -102,6 +108,7 @@ valid_sweep() {
     with_help "${OVPROF[@]}" sweep run "${all[@]}" && "${OVPROF[@]}" sweep plan "${plan[@]}"
 }
 RUN=(--store "$STORE" --rerun --timeout "$TIMEOUT")
+STUDY=(--store "$OUT/study.jsonl" --rerun --timeout "$TIMEOUT")
 HEALTHY=(bench/gpu-check.toml "${RUN[@]}")
 FORCED=(bench/gpu-check-oom.toml --memory-budget 1 "${RUN[@]}")
 NEAR_LIMIT=(bench/gpu-check-oom.toml --set "batch=$NEAR" "${RUN[@]}")
@@ -117,6 +124,16 @@ check forced-oom -- "${OVPROF[@]}" sweep run "${FORCED[@]}" --validate valid_swe
 check near-limit -- "${OVPROF[@]}" sweep run "${NEAR_LIMIT[@]}" --validate valid_sweep "${NEAR_LIMIT[@]}"
 check verify -- "$PY" bench/gpu_check.py verify "$STORE" --out "$OUT/verdict.json" \
     --validate with_help "$PY" bench/gpu_check.py verify "$STORE" --out "$OUT/verdict.json"
+
+# Stage 2: the study (after the verdict, so stage 1's checks are in even if time runs out here)
+check families -- "${OVPROF[@]}" sweep run bench/gpu-families.toml "${STUDY[@]}" \
+    --validate valid_sweep bench/gpu-families.toml "${STUDY[@]}"
+check fused-ce -- "${OVPROF[@]}" sweep run bench/gpu-fused-ce.toml "${STUDY[@]}" \
+    --validate valid_sweep bench/gpu-fused-ce.toml "${STUDY[@]}"
+check paper-l14 -- "${OVPROF[@]}" sweep run bench/gpu-paper-l14.toml "${STUDY[@]}" \
+    --validate valid_sweep bench/gpu-paper-l14.toml "${STUDY[@]}"
+check report -- "${OVPROF[@]}" report "$OUT/study.jsonl" --out "$OUT/report" \
+    --validate with_help "${OVPROF[@]}" report "$OUT/study.jsonl" --out "$OUT/report"
 
 if (( DRY )); then
     echo "dry run: $FAILED invalid"

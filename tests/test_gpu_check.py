@@ -16,8 +16,9 @@ from ovprof.results import record as R
 from conftest import ROOT
 
 SCRIPT = ROOT / "bench" / "gpu-check.sh"
-# The checks of issue 18, item 9, by the names the script gives them.
-CHECKS = ("env", "nvml", "pytest-gpu", "healthy", "forced-oom", "near-limit", "verify")
+# The checks of issue 18, item 9 (stage 1) and issue 16, item 5 (stage 2), by the names the script gives them.
+CHECKS = ("env", "nvml", "pytest-gpu", "healthy", "forced-oom", "near-limit", "verify",
+          "families", "fused-ce", "paper-l14", "report")  # stage 2: issue 16, item 5
 
 
 def dry_run(tmp_path, python=sys.executable):
@@ -34,6 +35,9 @@ def test_dry_run_validates_every_check_and_writes_nothing(tmp_path):
     assert r.stdout.count("   valid (checked by: ") == len(CHECKS)
     assert "sweep run bench/gpu-check.toml" in r.stdout and "--memory-budget 1" in r.stdout
     assert "-m pytest -q -m gpu" in r.stdout and "dry run: 0 invalid" in r.stdout
+    for study in ("gpu-families", "gpu-fused-ce", "gpu-paper-l14"):  # stage 2: one store, its report beside
+        assert f"sweep run bench/{study}.toml --store {tmp_path / 'out'}/study.jsonl" in r.stdout, study
+    assert f"report {tmp_path / 'out'}/study.jsonl --out {tmp_path / 'out'}/report" in r.stdout
     assert not (tmp_path / "out").exists()
 
 
