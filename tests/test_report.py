@@ -680,3 +680,58 @@ def test_max_batch_sections_say_the_paper_figure_is_a_grid(report):
     md = (report.out / "report.md").read_text()
     assert note in md.split("### Max batch per device")[1].split("###")[0]
     assert any(note == n for n in report.tables["paper_reference"].notes)
+
+
+def test_savings_plot_has_a_bar_per_measured_ratio_and_the_papers_lines(report):
+    from matplotlib.patches import Rectangle
+
+    from ovprof.report import paper
+    from ovprof.report.plots import savings_ratio_figure
+
+    f = report.tables["savings"].frame
+    fig, top = savings_ratio_figure(f)
+    assert 0.5 < top < 1
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["time", "memory", "max batch", "FLOPs"]  # the fixture searched
+    legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    for p in paper.SETTINGS:
+        assert f"paper (TPU v4, JAX): {p.label}" in legend
+    columns = {"time": "speedup_x", "memory": "tracked_saving_x", "max batch": "max_batch_x", "FLOPs": "flops_x"}
+    keys = {"time": "time_x", "memory": "memory_x", "max batch": "max_batch_x", "FLOPs": "flops_x"}
+    for ax in axes:
+        name = ax.get_title()
+        bars = [b.get_width() for b in ax.patches if isinstance(b, Rectangle)]
+        measured = [v for v in f[columns[name]] if is_number(v)]
+        assert bars == pytest.approx(measured), name  # a bar per measured ratio, and no other
+        missing = [t.get_text() for t in ax.texts if t.get_text().startswith("n/a: ")]
+        assert len(missing) == len(f) - len(measured), name  # a ratio with no number is text, never a 0 bar
+        lines = {round(ln.get_xdata()[0], 6) for ln in ax.lines if ln.get_label().startswith(paper.LABEL)}
+        assert lines == {round(paper.HEADLINE[p.encoder][keys[name]], 6) for p in paper.SETTINGS}, name
+    assert "2k/4k/8k" in axes[2].get_xlabel() and "32 GiB" in axes[2].get_xlabel()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    plot = next(p for p in report.plots if p.file == "savings.png")
+    assert "paper (TPU v4, JAX)" in plot.caption and "n/a" in plot.caption
+    assert "![Savings ratios beside the paper's](savings.png)" in (report.out / "report.md").read_text()
+
+
+def test_every_plot_carries_the_hardware_precision_and_versions(report, tmp_path, monkeypatch):
+    from ovprof.report import plots
+
+    data = report.data
+    foot = plots.footer(data.runs)
+    for word in ("AMD EPYC (CPU), 2 cores", "ranks 1", "precision fp32", "torch 2.13.0+cpu", "DeepSpeed 0.19.8"):
+        assert word in foot, word
+    gpu = data.runs.assign(hardware="NVIDIA H100 80GB HBM3", gpu_count=8, world_size=[1, 2] * (len(data.runs) // 2)
+                           + [1] * (len(data.runs) % 2), precision="bf16")
+    assert plots.footer(gpu).startswith("Measured on 8 x NVIDIA H100 80GB HBM3 | ranks 1, 2 | precision bf16")
+    drawn = []
+    monkeypatch.setattr(plots, "_done", lambda fig: drawn.append(fig))
+    monkeypatch.setattr(plots, "DPI", 10)  # the figures are what is checked, not the pixels
+    made = plots.draw_all(data, report.tables, tmp_path)
+    assert len(drawn) == len(made) >= 6
+    for fig, plot in zip(drawn, made):
+        texts = [t.get_text().replace("\n", " ") for t in fig.texts]
+        assert foot in texts, plot.file
+        assert plot.footer == foot

@@ -215,7 +215,7 @@ def tables_json(rep: Report) -> dict:
         "tables": {name: {"title": t.title, "columns": {c.name: c.header for c in t.columns},
                           "notes": t.notes, "rows": table_records(t)}
                    for name, t in rep.tables.items()},
-        "plots": [{"file": p.file, "title": p.title, "caption": p.caption} for p in rep.plots],
+        "plots": [{"file": p.file, "title": p.title, "caption": p.caption, "footer": p.footer} for p in rep.plots],
     }
 
 
@@ -266,7 +266,7 @@ def _sections(rep: Report) -> list[tuple[str, Any]]:
                 items.append(("note", n))
         for n in sav.notes:
             items.append(("note", n))
-        for f in ("step_time.png", "peak_memory.png"):
+        for f in ("savings.png", "step_time.png", "peak_memory.png"):
             if f in plots:
                 items.append(("img", plots[f]))
     items.append(("h2", t["paper_comparison"].title))
