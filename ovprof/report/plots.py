@@ -180,7 +180,8 @@ def savings_ratio_figure(f: pd.DataFrame):
     plt = _plt()
     src = "reserved" if "reserved_saving_x" in f else "tracked"
     metrics = [(col.format(src=src), name, key, what.format(source=SOURCE_NAME[src]))
-               for col, name, key, what in RATIOS if name != "max batch" or _has_max_batch(f)]
+               for col, name, key, what in RATIOS
+               if col.format(src=src) in f and (name != "max batch" or _has_max_batch(f))]
     labels, common = row_labels(f)
     n = len(f)
     label_in = 0.075 * max(len(line) for lab in labels for line in lab.splitlines()) + 0.4
@@ -221,7 +222,8 @@ def savings_ratio_figure(f: pd.DataFrame):
     axes[0][0].set_yticks(ys, labels, fontsize=7)
     axes[0][0].set_ylim(n - 0.5, -0.5)  # first row on top
     order = ["1x", *(p.label for p in paper.SETTINGS)]
-    fig.suptitle("\n".join(title), fontsize=9, x=0.01, ha="left", va="top", y=1 - 0.05 / height)
+    # fig.text, not suptitle: tight_layout would reserve room for a suptitle a second time, below `top`
+    fig.text(0.01, 1 - 0.05 / height, "\n".join(title), fontsize=9, ha="left", va="top")
     fig.legend([handles[k] for k in order], [handles[k].get_label() for k in order], loc="upper left",
                bbox_to_anchor=(0.01, 1 - (0.17 * len(title) + 0.08) / height), fontsize=7, ncol=3, frameon=False)
     return fig, 1 - band_in / height
@@ -244,9 +246,10 @@ def savings_ratio_plot(tables: dict[str, Table], out: Path, foot: str) -> list[P
                  "OpenVision (CLIP-style) for step time, peak memory (the device's limiting source), "
                  + ("max batch per device, " if searched else "")
                  + "and analytic forward FLOPs per image; above 1, caption-only saves (for max batch: fits "
-                 "more). Lines: the paper's ratios, " + paper.LABEL + ", for ViT-L/14@224 and SoViT-400M/14@384 "
-                 "(" + paper.SOURCE + "); beside a row at another encoder, resolution, hardware or batch they are "
-                 "for orientation only. n/a: the ratio could not be measured, with the reason."
+                 "more). Lines: the paper's ratios for " + " and ".join(p.label for p in paper.SETTINGS)
+                 + " (legend: " + paper.LABEL + "; source: " + paper.SOURCE + "); beside a row at another encoder, "
+                 "resolution, hardware or batch they are for orientation only. n/a: the ratio could not be "
+                 "measured, with the reason."
                  + (" " + paper.max_batch_note() if searched
                     else " No max-batch search in these records, so no max-batch panel."))]
 

@@ -57,8 +57,10 @@ class Report:
 
 PAGE_PX = 1400  # the page report.html is laid out for; BODY_PX is what its tables may take
 BODY_PX = PAGE_PX - 2 * 24  # body margin, as in CSS
-CHAR_PX, PAD_PX = 7, 14  # estimated width of a character at the tables' 12 px font, and a cell's padding + border
-WRAP_TEXT, WRAP_HEADER = 24, 14  # characters per line a text cell and a header wrap at, comfortably
+# Estimated width of a character at the tables' 12 px font, and of a cell's padding + border (checked against
+# Chromium's layout of the committed reports at a 1400-px window: no table wider than its box)
+CHAR_PX, PAD_PX = 6.5, 14
+WRAP_TEXT, WRAP_HEADER = 16, 14  # characters per line a text cell and a header wrap at, comfortably
 # Columns that name a row: repeated in every part of a split table (a leading run of them, at most KEY_SHARE of
 # the page: the rest of the table needs room).
 KEY_COLUMNS = ("run_id", "paper_setting", "encoder_res", "encoder", "res", "batch_per_device", "world_size", "zero",
@@ -124,7 +126,7 @@ def column_px(header: str, texts: list[str], raws: list[Any]) -> int:
     text wrapped at about WRAP_TEXT characters, a number on one line."""
     head = max([len(w) for w in header.split()] + [min(len(header), WRAP_HEADER)])
     body = max([len(t) if _is_number(raw) else min(len(t), WRAP_TEXT) for t, raw in zip(texts, raws)] + [0])
-    return max(head, body) * CHAR_PX + PAD_PX
+    return round(max(head, body) * CHAR_PX) + PAD_PX
 
 
 def _is_number(raw: Any) -> bool:
@@ -134,7 +136,8 @@ def _is_number(raw: Any) -> bool:
 def split_wide(table: Shown, page_px: int | None = None) -> list[Shown]:
     """The table in parts no wider than `page_px` (as estimated by `column_px`): each part repeats the leading key
     columns (KEY_COLUMNS, at most KEY_SHARE of the page) and takes the other columns in order, each exactly once.
-    A table that fits is one part; a single column wider than what is left still gets a part of its own."""
+    A table that fits is one part; a single column wider than what is left still gets a part of its own, and a
+    group of columns closed by a ratio (kind "x") is not split from its ratio."""
     page_px = page_px or BODY_PX
     widths = [column_px(h, [r[i] for r in table.rows], [r[i] for r in table.raws])
               for i, h in enumerate(table.headers)]
@@ -147,10 +150,12 @@ def split_wide(table: Shown, page_px: int | None = None) -> list[Shown]:
     groups: list[list[int]] = []
     used = page_px  # start a new part at the first column
     for i in range(key, len(widths)):
-        if used + widths[i] > page_px:
-            # break after the part's last ratio column when it has one: a ratio closes its group of columns
-            # (OpenVision, caption-only, CLIP, then their ratio), which then stays together
-            cut = max((n + 1 for n, j in enumerate(groups[-1]) if table.kinds[j] == "x"), default=0) if groups else 0
+        # break after the part's last ratio column when it has one: a ratio closes its group of columns
+        # (OpenVision, caption-only, CLIP, then their ratio), which then stays together; a ratio whose group
+        # fills the whole part stays in it, a little too wide, rather than stand alone in the next
+        cut = max((n + 1 for n, j in enumerate(groups[-1]) if table.kinds[j] == "x"), default=0) if groups else 0
+        lone_ratio = bool(groups) and cut == 0 and table.kinds[i] == "x"
+        if used + widths[i] > page_px and not lone_ratio:
             carried = groups[-1][cut:] if 0 < cut < len(groups[-1]) else []
             if carried:
                 del groups[-1][cut:]
@@ -358,7 +363,7 @@ h3 {{ font-size: 15px; margin-bottom: 6px; }}
 table {{ border-collapse: collapse; font-size: 12px; margin: 8px 0 16px; }}
 th, td {{ border: 1px solid #ccc; padding: 3px 6px; vertical-align: top; }}
 th {{ background: #f3f3f3; text-align: left; }}
-td {{ overflow-wrap: anywhere; }}
+td {{ overflow-wrap: break-word; }}
 td.num {{ text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }}
 td.why {{ color: #777; font-style: italic; }}
 td.bad {{ color: #b00020; font-weight: bold; }}
