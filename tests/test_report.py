@@ -726,6 +726,9 @@ def test_every_plot_carries_the_hardware_precision_and_versions(report, tmp_path
     gpu = data.runs.assign(hardware="NVIDIA H100 80GB HBM3", gpu_count=8, world_size=[1, 2] * (len(data.runs) // 2)
                            + [1] * (len(data.runs) % 2), precision="bf16")
     assert plots.footer(gpu).startswith("Measured on 8 x NVIDIA H100 80GB HBM3 | ranks 1, 2 | precision bf16")
+    bare = data.runs.assign(hardware="unknown hardware", torch=None, deepspeed=None)  # records without an env
+    assert plots.footer(bare).startswith("Measured on unknown hardware |")
+    assert "torch ?, DeepSpeed ?" in plots.footer(bare)
     drawn = []
     monkeypatch.setattr(plots, "_done", lambda fig: drawn.append(fig))
     monkeypatch.setattr(plots, "DPI", 10)  # the figures are what is checked, not the pixels

@@ -66,7 +66,9 @@ def footer(runs: pd.DataFrame) -> str:
         return "no run records"
     hw = []
     for name, g in runs.groupby("hardware", sort=True):
-        if name.endswith("(CPU)"):
+        if name == "unknown hardware":  # a record without an env block
+            hw.append(name)
+        elif name.endswith("(CPU)"):
             cores = _values(g["cpu_count"].map(lambda v: int(v) if num(v) is not None else None))
             hw.append(f"{name}, {'/'.join(cores) or '?'} cores")
         else:
@@ -468,7 +470,8 @@ def zero_plot(tables: dict[str, Table], out: Path, foot: str) -> list[Plot]:
             ax.bar(x, v, 0.6, bottom=bottom, color=PART_COLORS[k], label=k if x == _first_ok(f) else None)
             bottom += v
     crowded = width / len(f) < 0.8  # inches per bar: slanted labels would run into each other
-    ax.set_xticks(range(len(f)), labels, fontsize=7, rotation=90 if crowded else 30, ha="center" if crowded else "right")
+    ax.set_xticks(range(len(f)), labels, fontsize=7, rotation=90 if crowded else 30,
+                  ha="center" if crowded else "right")
     ax.set_xlim(-0.7, len(f) - 0.3)
     ax.set_ylabel(f"tracked memory at the peak, {unit}")
     ax.set_title("Memory by kind and ZeRO stage")
