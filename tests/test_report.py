@@ -711,6 +711,11 @@ def test_savings_plot_has_a_bar_per_measured_ratio_and_the_papers_lines(report):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+    at_paper = f.assign(paper_setting=["ViT-L/14@224"] + list(f["paper_setting"][1:]))
+    fig, _ = savings_ratio_figure(at_paper)  # a row at the paper's own setting says which line is its own
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert ticks[0].endswith("= the paper's ViT-L/14@224") and not any("the paper's" in t for t in ticks[1:])
+    plt.close(fig)
     plot = next(p for p in report.plots if p.file == "savings.png")
     assert "paper (TPU v4, JAX)" in plot.caption and "n/a" in plot.caption
     assert "![Savings ratios beside the paper's](savings.png)" in (report.out / "report.md").read_text()

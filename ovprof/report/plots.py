@@ -25,7 +25,7 @@ import pandas as pd
 from ovprof.report import paper
 from ovprof.report.cells import GIB, column_unit, sig
 from ovprof.report.load import BREAKDOWN, Data
-from ovprof.report.tables import SIDE_NAME, SIDES, SOURCE_NAME, Table, num, primary_source
+from ovprof.report.tables import NOT_PAPER, SIDE_NAME, SIDES, SOURCE_NAME, Table, num, primary_source
 
 COLORS = {"openvision": "#4C72B0", "caption": "#DD8452", "clip": "#55A868"}
 PART_COLORS = dict(zip(BREAKDOWN, ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#8C8C8C")))
@@ -185,6 +185,9 @@ def savings_ratio_figure(f: pd.DataFrame):
                for col, name, key, what in RATIOS
                if col.format(src=src) in f and (name != "max batch" or _has_max_batch(f))]
     labels, common = row_labels(f)
+    if "paper_setting" in f:  # the rows whose line of the paper is the comparable one
+        labels = [lab + (f"\n= the paper's {ps}" if ps != NOT_PAPER else "")
+                  for lab, ps in zip(labels, f["paper_setting"])]
     n = len(f)
     label_in = 0.075 * max(len(line) for lab in labels for line in lab.splitlines()) + 0.4
     panel_in = min(3.0, (PAGE_IN - label_in) / len(metrics))
