@@ -545,3 +545,201 @@ def test_levers_table_puts_each_value_beside_the_default_at_the_same_setting(tmp
     assert row_of(acc, value="4")["change_step_pct"] == pytest.approx(100.0)
     assert row_of(acc, value="4")["change_sample_pct"] == pytest.approx(-50.0)
     assert (tmp_path / "out" / "levers.csv").exists()
+
+
+# -- what a reader sees: cells, wide tables, plots --------------------------------------------------------------
+
+SCIENTIFIC = r"(?<![0-9A-Za-z])[-+]?\d(\.\d+)?[eE][+-]?\d+(?![0-9A-Za-z])"  # 3.725e-09, 5e+08; not a run_id
+
+
+def _digits(text: str) -> int:
+    """Significant digits of a fixed-notation number as shown ('0.003725' -> 4, '85490' -> 4, '123500' -> 4)."""
+    d = text.lstrip("+-").replace(".", "").lstrip("0")
+    return len(d.rstrip("0")) if "." not in text else len(d)
+
+
+def test_cells_are_fixed_notation_with_3_to_4_significant_digits_over_any_magnitude():
+    import re
+
+    from ovprof.report.cells import fmt
+
+    kinds = ("ms", "num", "spread", "gib", "int", "gflops", "x", "pct")
+    seen = 0
+    for exp in range(-15, 16):
+        for mantissa in (1.0, 1.2345678, 3.725, 9.99996, 5.0):
+            for sign in (1, -1):
+                v = sign * mantissa * 10.0 ** exp
+                for kind in kinds:
+                    text = fmt(v, kind)
+                    assert not re.search(SCIENTIFIC, text) and "inf" not in text and "nan" not in text, (v, kind, text)
+                    seen += 1
+                for kind in ("ms", "num"):
+                    text = fmt(v, kind)
+                    assert float(text) == pytest.approx(v, rel=5e-4), (v, text)
+                    assert 1 <= _digits(text) <= 4, (v, text)
+                assert fmt(v, "x").endswith("x")
+    assert seen > 2000
+    for kind in kinds:
+        assert fmt(None, kind) == fmt(float("nan"), kind) == fmt(float("inf"), kind) == "n/a"
+        assert fmt("oom", kind) == "oom"  # a reason stays as it is, never a number
+    assert fmt(0, "ms") == "0" and fmt(0.0, "gib") == "0" and fmt(1.78, "x") == "1.78x"
+    assert fmt(3.725e-09, "ms") == "0.000000003725" and fmt(85490.2, "ms") == "85490"
+    assert fmt(271.75, "gflops") == "271.75"  # the paper's FLOPs as printed
+
+
+def test_byte_columns_pick_their_unit_and_tiny_cells_name_their_own():
+    from ovprof.report.cells import Column, column_unit, fmt, shown
+
+    gib = lambda nbytes: nbytes / GIB  # noqa: E731
+    col = Column("temporaries_gib", "temporaries GiB", "gib")
+    frame = pd.DataFrame({"temporaries_gib": [gib(4), gib(1.5 * 2**20), gib(700 * 2**20), "oom"]})
+    header, cell = shown(frame, col)
+    assert header == "temporaries MiB"
+    assert [cell(r) for _, r in frame.iterrows()] == ["4 B", "1.5", "700", "oom"]  # 3.725e-09 GiB was "4 B"
+    for values, unit in (([gib(512), gib(3)], "B"), ([gib(2048)], "KiB"), ([gib(5 * 2**20)], "MiB"),
+                         ([3.0, 0.01], "GiB"), ([1500.0], "GiB")):
+        assert column_unit(values, "gib")[0] == unit, values
+    assert column_unit(["oom", "not measured: x"], "gib") is None
+    assert shown(pd.DataFrame({"a_gib": ["oom"]}), Column("a_gib", "a GiB", "gib"))[0] == "a GiB"
+    # every byte figure round-trips through its column's unit within 4 significant digits
+    for exp in range(0, 45):
+        nbytes = 1.2345 * 2.0 ** exp
+        unit = column_unit([gib(nbytes)], "gib")
+        number, _, own = fmt(gib(nbytes), "gib", unit).partition(" ")
+        size = dict((("B", 1), ("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30)))[own or unit[0]]
+        assert float(number) * size == pytest.approx(nbytes, rel=5e-4), exp
+
+
+def test_report_tables_never_show_scientific_notation(report):
+    import re
+
+    md = (report.out / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert rows and not [r for r in rows if re.search(SCIENTIFIC, r)]
+    html_text = (report.out / "report.html").read_text()
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", html_text)
+    assert cells and not [c for c in cells if re.search(SCIENTIFIC, c)]
+    zero = [line for line in md.split("## ZeRO stage")[1].splitlines() if line.startswith("| encoder")]
+    assert zero and "MiB" in zero[0] and "GiB" not in zero[0].split("peak RSS")[0]  # debug runs: a few MiB
+    assert re.search(r"\| \d+(\.\d+)?x \|", md)  # ratios read 1.78x
+
+
+def test_split_wide_keeps_every_column_once_and_repeats_the_key():
+    from ovprof.report.render import BODY_PX, Shown, column_px, split_wide
+
+    names = ["encoder_res", "batch_per_device", "precision", "caption_variant"]
+    names += [f"{side}_peak_{src}_gib" for src in ("tracked", "rss", "reserved", "allocated") for side in
+              ("openvision", "caption", "clip", "saving")]
+    names += [f"extra_{i}" for i in range(12)]
+    kinds = ["text", "int", "text", "text"] + ["x" if n.startswith("saving") else "gib" for n in names[4:]]
+    headers = [n.replace("_", " ") + " with a long header" for n in names]
+    rows = [[f"{n[:3]}{i}" * 3 for n in names] for i in range(3)]
+    table = Shown(names, headers, kinds, rows, [[1.0] * len(names) for _ in rows])
+    parts = split_wide(table)
+    assert len(parts) > 1 and all(p.part == (i + 1, len(parts)) for i, p in enumerate(parts))
+    for p in parts:
+        assert p.names[:4] == names[:4] and p.key == 4
+        assert sum(column_px(h, [r[i] for r in p.rows], [r[i] for r in p.raws])
+                   for i, h in enumerate(p.headers)) <= BODY_PX
+    rest = [n for p in parts for n in p.names[4:]]
+    assert rest == names[4:]  # every other column exactly once, in order
+    for p in parts:  # a part that holds a ratio holds its group whole (the three sides before it)
+        for i, n in enumerate(p.names):
+            if n.startswith("saving") and i >= 7:
+                assert [m.split("_")[0] for m in p.names[i - 3:i]] == ["openvision", "caption", "clip"]
+    assert split_wide(Shown(names[:3], headers[:3], kinds[:3], [r[:3] for r in rows],
+                            [[1.0] * 3 for _ in rows])) == [Shown(names[:3], headers[:3], kinds[:3],
+                                                                  [r[:3] for r in rows], [[1.0] * 3 for _ in rows])]
+
+
+def test_wide_tables_are_split_in_markdown_and_html(report, monkeypatch):
+    from ovprof.report import render
+
+    monkeypatch.setattr(render, "BODY_PX", 700)  # a narrow page: the savings views no longer fit
+    rep = report
+    md, html_text = render.render_md(rep), render.render_html(rep)
+    assert "Part 1 of" in md and html_text.count('class="part"') == md.count("*Part ") > 0
+    assert "max-width: 700px" in html_text
+    sav = rep.tables["savings"]
+    whole = render.shown_table(sav, render.savings_view(sav, ("step_ms", "speedup_x")))
+    step = md.split("### Step time")[1].split("###")[0]
+    shown = [[h.strip() for h in line.strip().strip("|").split(" | ")] for line in step.splitlines()
+             if line.startswith("| encoder")]
+    assert len(shown) > 1
+    key = [h for h in shown[0] if all(h in part for part in shown)]
+    assert key and all(part[:len(key)] == key for part in shown)
+    assert [h for part in shown for h in part[len(key):]] == whole.headers[len(key):]  # each column once, in order
+
+
+def test_max_batch_sections_say_the_paper_figure_is_a_grid(report):
+    from ovprof.report import paper
+
+    note = paper.max_batch_note()
+    for word in ("2k/4k/8k", "512/1k", "32 GiB", "grid", "search", "per device"):
+        assert word in note, word
+    md = (report.out / "report.md").read_text()
+    assert note in md.split("### Max batch per device")[1].split("###")[0]
+    assert any(note == n for n in report.tables["paper_reference"].notes)
+
+
+def test_savings_plot_has_a_bar_per_measured_ratio_and_the_papers_lines(report):
+    from matplotlib.patches import Rectangle
+
+    from ovprof.report import paper
+    from ovprof.report.plots import savings_ratio_figure
+
+    f = report.tables["savings"].frame
+    fig, top = savings_ratio_figure(f)
+    assert 0.5 < top < 1
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["time", "memory", "max batch", "FLOPs"]  # the fixture searched
+    legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    for p in paper.SETTINGS:
+        assert f"paper (TPU v4, JAX): {p.label}" in legend
+    columns = {"time": "speedup_x", "memory": "tracked_saving_x", "max batch": "max_batch_x", "FLOPs": "flops_x"}
+    keys = {"time": "time_x", "memory": "memory_x", "max batch": "max_batch_x", "FLOPs": "flops_x"}
+    for ax in axes:
+        name = ax.get_title()
+        bars = [b.get_width() for b in ax.patches if isinstance(b, Rectangle)]
+        measured = [v for v in f[columns[name]] if is_number(v)]
+        assert bars == pytest.approx(measured), name  # a bar per measured ratio, and no other
+        missing = [t.get_text() for t in ax.texts if t.get_text().startswith("n/a: ")]
+        assert len(missing) == len(f) - len(measured), name  # a ratio with no number is text, never a 0 bar
+        lines = {round(ln.get_xdata()[0], 6) for ln in ax.lines if ln.get_label().startswith(paper.LABEL)}
+        assert lines == {round(paper.HEADLINE[p.encoder][keys[name]], 6) for p in paper.SETTINGS}, name
+    assert "2k/4k/8k" in axes[2].get_xlabel() and "32 GiB" in axes[2].get_xlabel()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    at_paper = f.assign(paper_setting=["ViT-L/14@224"] + list(f["paper_setting"][1:]))
+    fig, _ = savings_ratio_figure(at_paper)  # a row at the paper's own setting says which line is its own
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert ticks[0].endswith("= the paper's ViT-L/14@224") and not any("the paper's" in t for t in ticks[1:])
+    plt.close(fig)
+    plot = next(p for p in report.plots if p.file == "savings.png")
+    assert "paper (TPU v4, JAX)" in plot.caption and "n/a" in plot.caption
+    assert "![Savings ratios beside the paper's](savings.png)" in (report.out / "report.md").read_text()
+
+
+def test_every_plot_carries_the_hardware_precision_and_versions(report, tmp_path, monkeypatch):
+    from ovprof.report import plots
+
+    data = report.data
+    foot = plots.footer(data.runs)
+    for word in ("AMD EPYC (CPU), 2 cores", "ranks 1", "precision fp32", "torch 2.13.0+cpu", "DeepSpeed 0.19.8"):
+        assert word in foot, word
+    gpu = data.runs.assign(hardware="NVIDIA H100 80GB HBM3", gpu_count=8, world_size=[1, 2] * (len(data.runs) // 2)
+                           + [1] * (len(data.runs) % 2), precision="bf16")
+    assert plots.footer(gpu).startswith("Measured on 8 x NVIDIA H100 80GB HBM3 | ranks 1, 2 | precision bf16")
+    bare = data.runs.assign(hardware="unknown hardware", torch=None, deepspeed=None)  # records without an env
+    assert plots.footer(bare).startswith("Measured on unknown hardware |")
+    assert "torch ?, DeepSpeed ?" in plots.footer(bare)
+    drawn = []
+    monkeypatch.setattr(plots, "_done", lambda fig: drawn.append(fig))
+    monkeypatch.setattr(plots, "DPI", 10)  # the figures are what is checked, not the pixels
+    made = plots.draw_all(data, report.tables, tmp_path)
+    assert len(drawn) == len(made) >= 6
+    for fig, plot in zip(drawn, made):
+        texts = [t.get_text().replace("\n", " ") for t in fig.texts]
+        assert foot in texts, plot.file
+        assert plot.footer == foot

@@ -19,7 +19,7 @@ from ovprof.errors import UsageError
 
 HELP = """Write a report from run records: the savings table (OpenVision vs caption-only: step time, peak memory, max batch, FLOPs, each ratio beside the paper's where the setting is the paper's), mask-ratio, batch and ZeRO tables, and plots.
 
-Writes report.md, a self-contained report.html (plots embedded), one CSV per table, tables.json and the PNG plots into the output directory, and prints the savings table.
+Writes report.md, a self-contained report.html (plots embedded), one CSV per table, tables.json and the PNG plots (savings.png: the measured ratios beside the paper's) into the output directory, and prints the savings table.
 
 Examples:
 

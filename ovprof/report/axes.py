@@ -136,7 +136,7 @@ def zero_table(data: Data, ctx: Context) -> Table:
         row["peak_tracked_gib"] = metric(r, "peak_tracked_bytes", r["objective"], where, scale=GIB)
         row["peak_rss_gib"] = metric(r, "peak_rss_bytes", r["objective"], where, scale=GIB)
         row["bucket_elems"] = int(r["bucket_elems"]) if num(r["bucket_elems"]) is not None else \
-            f"DeepSpeed default {DEEPSPEED_DEFAULT_BUCKET_ELEMS:.0e}"
+            f"DeepSpeed default {DEEPSPEED_DEFAULT_BUCKET_ELEMS:,}"
         return row
 
     rows = one_row_per_run(data.runs, ctx, "zero", cells, order=["objective", "mask_ratio", "mask_position", "zero"])
@@ -244,16 +244,16 @@ def runs_table(data: Data, ctx: Context) -> Table:
 
 def bucket_note(runs: pd.DataFrame) -> str:
     """At ZeRO 2/3 DeepSpeed allocates its reduce bucket in full, so say which bucket the runs used."""
-    base = ("At ZeRO 2 and 3 DeepSpeed allocates its reduce bucket in full (reduce_bucket_size, default 5e8 "
-            "elements: 1.86 GiB at 4 bytes per element), so the bucket size shows up in the memory measured; "
-            "ovprof records it as bucket_elems in each run's config.")
+    base = ("At ZeRO 2 and 3 DeepSpeed allocates its reduce bucket in full (reduce_bucket_size, default "
+            "500,000,000 elements: 1.86 GiB at 4 bytes per element), so the bucket size shows up in the memory "
+            "measured; ovprof records it as bucket_elems in each run's config.")
     if not len(runs):
         return base
     used = []
     for elems, g in runs.groupby(runs["bucket_elems"].map(lambda v: int(v) if num(v) is not None else -1)):
         n_z = int((g["zero"] >= 2).sum())
         if elems < 0:
-            desc = f"the DeepSpeed default ({DEEPSPEED_DEFAULT_BUCKET_ELEMS:.0e} elements)"
+            desc = f"the DeepSpeed default ({DEEPSPEED_DEFAULT_BUCKET_ELEMS:,} elements)"
             elems = DEEPSPEED_DEFAULT_BUCKET_ELEMS
         else:
             desc = f"{elems:,} elements"

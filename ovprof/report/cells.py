@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
+import numpy as np
 import pandas as pd
 
 from ovprof import metrics as M
@@ -37,7 +39,7 @@ SHOWN_FIELDS = ("encoder", "res", "batch", "world_size", "zero", "precision")
 @dataclass
 class Column:
     name: str  # raw column in the frame (CSV/JSON header)
-    header: str  # display header, with its unit
+    header: str  # display header, with its unit (a gib column's "GiB" becomes the unit its values pick, `shown`)
     kind: str = "text"  # text | int | ms | gib | x | gflops | num | pct (signed, 1 decimal) | spread (median [p10-p90])
 
 
@@ -106,6 +108,102 @@ def ratio(a: Any, b: Any, name_a: str, name_b: str) -> Any:
     return "; ".join(why)
 
 
+# -- shown cells: one formatter for Markdown, HTML and the terminal ---------------------------------------------
+# CSV and JSON keep the raw cells (full precision, GiB); what a reader sees goes through `shown`: a unit per
+# column for byte figures, 3-4 significant digits, fixed notation only (never 3.725e-09), ratios as 1.78x.
+
+BYTE_UNITS = (("B", 1), ("KiB", 2**10), ("MiB", 2**20), ("GiB", GIB))  # binary units; GiB is the largest shown
+DIGITS = 4  # significant digits of a measured figure
+GFLOPS_DIGITS = 5  # the paper's FLOPs are printed to 5 (271.75, 1636.75): quoted as printed
+
+
+def sig(x: float, digits: int = DIGITS) -> str:
+    """`x` rounded to `digits` significant digits in fixed notation, trailing zeros dropped; never scientific.
+
+    sig(3.725e-09) == "0.000000003725", sig(85490.2) == "85490", sig(123456.7) == "123500", sig(2.910) == "2.91"
+    """
+    if x == 0:
+        return "0"
+    places = digits - 1 - math.floor(math.log10(abs(x)))
+    x = round(x, places)  # may carry into a new digit (9.9996 -> 10.0): recount the places
+    if x == 0:
+        return "0"
+    places = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    text = f"{x:.{places}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def byte_unit(nbytes: float) -> tuple[str, int]:
+    """The largest of B, KiB, MiB, GiB that `nbytes` (a magnitude) reaches one of."""
+    for name, size in reversed(BYTE_UNITS):
+        if abs(nbytes) >= size:
+            return name, size
+    return BYTE_UNITS[0]
+
+
+def bytes_text(nbytes: float, unit: tuple[str, int]) -> str:
+    """Bytes in the column's unit; a figure more than 1000x below it (4 bytes in a MiB column) in its own unit,
+    named in the cell ("4 B"), so it keeps its significant digits without a run of zeros."""
+    if nbytes == 0:
+        return "0"
+    name, size = unit
+    if abs(nbytes) / size < 1e-3:
+        own, own_size = byte_unit(nbytes)
+        return f"{sig(nbytes / own_size)} {own}"
+    return sig(nbytes / size)
+
+
+def fmt(v: Any, kind: str, unit: tuple[str, int] | None = None) -> str:
+    """One cell as shown: numbers by kind (a gib cell in `unit`, default GiB), a reason as it is, no number "n/a"."""
+    if isinstance(v, str):
+        return v
+    n = num(v)
+    if n is None:
+        return "n/a"
+    if kind == "int":
+        return f"{int(n)}" if float(n).is_integer() else sig(n)
+    if kind == "x":
+        return (f"{n:.2f}" if n == 0 or abs(n) >= 0.1 else sig(n, 2)) + "x"
+    if kind == "gflops":
+        return sig(n, GFLOPS_DIGITS)
+    if kind == "gib":
+        return bytes_text(n * GIB, unit or BYTE_UNITS[-1])
+    if kind == "pct":
+        return f"{n:+.1f}"
+    return sig(n)
+
+
+def column_unit(values: Iterable[Any], kind: str) -> tuple[str, int] | None:
+    """A gib column's unit: the largest its largest figure reaches (B, KiB, MiB, GiB); None for other kinds or a
+    column without a number (its header keeps GiB)."""
+    if kind != "gib":
+        return None
+    sizes = [abs(n) * GIB for n in map(num, values) if n is not None and n != 0]
+    return byte_unit(max(sizes)) if sizes else None
+
+
+def shown_header(header: str, unit: tuple[str, int] | None) -> str:
+    return header if unit is None else re.sub(r"\bGiB\b", unit[0], header)
+
+
+def shown(frame: pd.DataFrame, col: Column) -> tuple[str, Callable[[pd.Series], str]]:
+    """The header and the cell formatter of one column of `frame`, its unit picked from its own values."""
+    unit = column_unit(frame[col.name] if col.name in frame else (), col.kind)
+
+    def cell(row: pd.Series) -> str:
+        v = row.get(col.name)
+        if col.kind == "spread" and num(v) is not None:
+            base = col.name[: -len("median")]
+            lo, hi = row.get(base + "p10"), row.get(base + "p90")
+            if num(lo) is not None and num(hi) is not None:
+                return f"{fmt(v, 'ms')} [{fmt(lo, 'ms')}-{fmt(hi, 'ms')}]"
+        return fmt(v, col.kind, unit)
+
+    return shown_header(col.header, unit), cell
+
+
 # -- settings, labels --------------------------------------------------------------------
 
 
@@ -156,10 +254,11 @@ def _where(k: str, v: Any) -> str:
 
 
 def _show(v: Any) -> str:
+    """A setting's value exactly as set, in fixed notation (lr 1e-05 -> 0.00001)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "none"
     if isinstance(v, float):
-        return f"{v:g}"
+        return np.format_float_positional(v, trim="-")
     return str(v)
 
 

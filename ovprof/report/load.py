@@ -127,7 +127,7 @@ def load(paths: Iterable[str | Path]) -> Data:
 
 _RUN_COLUMNS = (
     ["run_id", "status", "variant", "side", *VARIANT_FIELDS, *SETTING_FIELDS, *ENV_FIELDS,
-     "setting_key", "gpu_memory_bytes", "error_type", "error_message",
+     "setting_key", "gpu_memory_bytes", "gpu_count", "cpu_count", "error_type", "error_message",
      "step_time_ms_median", "step_time_ms_p10", "step_time_ms_p90", "samples_per_s", "time_per_sample_ms",
      *MEMORY_SOURCES.values(), *(f"bd_{k}" for k in BREAKDOWN), "null_reasons", "sweep", "started_at", "config",
      "derived", "breakdown_time_ms", "breakdown_memory_bytes"]
@@ -148,6 +148,8 @@ def _run_row(r: R.RunRecord) -> dict:
         **{k: cfg[k] for k in SETTING_FIELDS},
         "hardware": setting["hardware"], "torch": setting["torch"], "deepspeed": setting["deepspeed"],
         "setting_key": key_of(setting), "gpu_memory_bytes": env.get("gpu_memory_bytes"),
+        # what the machine had (the plots' footer); the cores a CPU run could use, else all of them
+        "gpu_count": env.get("gpu_count"), "cpu_count": env.get("cpu_affinity_count") or env.get("cpu_count"),
         "error_type": err.get("type"), "error_message": _first_line(err.get("message")),
         "step_time_ms_median": m.get("step_time_ms_median"), "step_time_ms_p10": m.get("step_time_ms_p10"),
         "step_time_ms_p90": m.get("step_time_ms_p90"), "samples_per_s": m.get("samples_per_s"),

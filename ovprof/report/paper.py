@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SOURCE = "OpenVision 2 (arXiv 2509.01644), project page 'Efficiency & Scaling'; TPU v4, JAX"
+LABEL = "paper (TPU v4, JAX)"  # how a plot's legend names the paper's figures
+MEMORY_POD = "TPU v4-64 (32 chips of 32 GiB)"  # where the memory and max-batch comparisons ran
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,18 @@ PAPER_PRECISION = "not stated in the paper's tables"
 def for_setting(encoder: str, res: int) -> PaperSetting | None:
     """The paper's figures when `encoder`@`res` is one of its two settings, else None."""
     return next((s for s in SETTINGS if s.encoder == encoder and s.res == res), None)
+
+
+def max_batch_note() -> str:
+    """What the paper's max batch is, so that a reader does not compare ovprof's search with a grid unawares."""
+    grids = "; ".join(
+        f"{s.label}: {'/'.join(b for b, _, _ in s.memory_rows)} global, OpenVision up to {s.max_batch_openvision}, "
+        f"OpenVision 2 up to {s.max_batch_caption} ({s.max_batch_ratio:g}x)" for s in SETTINGS)
+    return (f"The paper's max batch is not a search: it is the largest global batch of a fixed grid that ran on "
+            f"{MEMORY_POD} without running out of memory ({grids}). Its ratios are ratios of grid points, so "
+            "powers of two, and OpenVision 2's figure is the largest batch the grid lists (it may fit more). "
+            "ovprof's max batch is per device: a search (doubling, then bisection) for the largest batch that runs "
+            "under the memory budget or the GPU's memory. Compare the ratios knowing this.")
 
 
 def differences(setting: PaperSetting, *, hardware: str, world_size: int, batch: int, precision: str,

@@ -4,10 +4,13 @@
     written = write_report(["results/quickstart.jsonl"], "reports/quickstart", formats={"md", "html", "csv", "json"})
 
 report.html embeds every PNG as a base64 data URI and its CSS inline: one file
-that opens anywhere, with no external resources. CSV and JSON hold the raw
-cells (full precision; a failed or missing point is its reason text), the
-Markdown and HTML the formatted ones (4 significant digits, ratios to 2
-decimals).
+that opens anywhere, with no external resources, laid out for a 1400-px page.
+CSV and JSON hold the raw cells (full precision, memory in GiB; a failed or
+missing point is its reason text), the Markdown and HTML the formatted ones
+(ovprof.report.cells.shown: byte columns in the unit their values pick, B, KiB,
+MiB or GiB; 3-4 significant digits; never scientific notation; ratios as
+1.78x). A table wider than the page is split into parts that repeat its key
+columns (`split_wide`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Any
 
 import pandas as pd
 
-from ovprof.report import paper
+from ovprof.report import cells, paper
+from ovprof.report.cells import fmt
 from ovprof.report.load import Data, load
 from ovprof.report.plots import Plot, draw_all
 from ovprof.report.tables import NOT_PAPER, SETTING_COLUMNS, SIDE_NAME, Column, Table, bucket_note, build, num
@@ -47,37 +51,21 @@ class Report:
     files: list[str] = field(default_factory=list)
 
 
-# -- cell formatting --------------------------------------------------------------------------
+# -- shown tables ------------------------------------------------------------------------------------------
+# Cells are formatted by ovprof.report.cells.shown (a unit per byte column, 3-4 significant digits, no scientific
+# notation); a table wider than the page is split into parts that repeat its key columns.
 
-
-def fmt(v: Any, kind: str) -> str:
-    """A cell as shown in Markdown/HTML/terminal: numbers formatted by kind, reasons as they are."""
-    if isinstance(v, str):
-        return v
-    n = num(v)
-    if n is None:
-        return "n/a"
-    if kind == "int":
-        return f"{int(n)}" if float(n).is_integer() else f"{n:g}"
-    if kind == "x":
-        return f"{n:.2f}"
-    if kind == "gflops":
-        return f"{n:.5g}"
-    if kind in ("ms", "gib", "spread"):
-        return f"{n:.0f}" if abs(n) >= 1e4 else f"{n:.4g}"  # 85490, not 8.549e+04
-    if kind == "pct":
-        return f"{n:+.1f}"
-    return f"{n:g}"
-
-
-def cell(row: pd.Series, col: Column) -> str:
-    v = row.get(col.name)
-    if col.kind == "spread" and num(v) is not None:
-        base = col.name[: -len("median")]
-        lo, hi = row.get(base + "p10"), row.get(base + "p90")
-        if num(lo) is not None and num(hi) is not None:
-            return f"{fmt(v, 'ms')} [{fmt(lo, 'ms')}-{fmt(hi, 'ms')}]"
-    return fmt(v, col.kind)
+PAGE_PX = 1400  # the page report.html is laid out for; BODY_PX is what its tables may take
+BODY_PX = PAGE_PX - 2 * 24  # body margin, as in CSS
+# Estimated width of a character at the tables' 12 px font, and of a cell's padding + border (checked against
+# Chromium's layout of the committed reports at a 1400-px window: no table wider than its box)
+CHAR_PX, PAD_PX = 6.5, 14
+WRAP_TEXT, WRAP_HEADER = 16, 14  # characters per line a text cell and a header wrap at, comfortably
+# Columns that name a row: repeated in every part of a split table (a leading run of them, at most KEY_SHARE of
+# the page: the rest of the table needs room).
+KEY_COLUMNS = ("run_id", "paper_setting", "encoder_res", "encoder", "res", "batch_per_device", "world_size", "zero",
+               "precision", "other_settings", "caption_variant", "variant", "objective", "global_batch", "device_gib")
+KEY_SHARE = 0.55
 
 
 def shown_columns(table: Table, columns: list[Column] | None = None) -> list[Column]:
@@ -97,13 +85,100 @@ def shown_columns(table: Table, columns: list[Column] | None = None) -> list[Col
     return out
 
 
+@dataclass
+class Shown:
+    """A table as a reader sees it: headers with their units, formatted cells, and the raw cells behind them."""
+
+    names: list[str]  # frame columns
+    headers: list[str]
+    kinds: list[str]
+    rows: list[list[str]]
+    raws: list[list[Any]]
+    part: tuple[int, int] = (1, 1)  # (this part, of how many)
+    key: int = 0  # leading columns repeated in every part
+
+    def columns(self, idx: list[int], part: tuple[int, int], key: int) -> "Shown":
+        pick = lambda row: [row[i] for i in idx]  # noqa: E731
+        return Shown(pick(self.names), pick(self.headers), pick(self.kinds), [pick(r) for r in self.rows],
+                     [pick(r) for r in self.raws], part, key)
+
+
+def shown_table(table: Table, columns: list[Column] | None = None, *, dedupe: bool = False) -> Shown:
+    cols = shown_columns(table, columns)
+    heads, cell_fns = zip(*(cells.shown(table.frame, c) for c in cols)) if cols else ((), ())
+    rows, raws, seen = [], [], set()
+    for _, r in table.frame.iterrows():
+        row = [fn(r) for fn in cell_fns]
+        if dedupe and tuple(row) in seen:
+            continue
+        seen.add(tuple(row))
+        rows.append(row)
+        raws.append([r.get(c.name) for c in cols])
+    return Shown([c.name for c in cols], list(heads), [c.kind for c in cols], rows, raws)
+
+
+def raw_shown(headers: list[str], rows: list[list[str]]) -> Shown:
+    return Shown(list(headers), list(headers), ["text"] * len(headers), rows, rows)
+
+
+def column_px(header: str, texts: list[str], raws: list[Any]) -> int:
+    """The width a column takes comfortably: its header wrapped at word boundaries (never below its longest word),
+    text wrapped at about WRAP_TEXT characters, a number on one line."""
+    head = max([len(w) for w in header.split()] + [min(len(header), WRAP_HEADER)])
+    body = max([len(t) if _is_number(raw) else min(len(t), WRAP_TEXT) for t, raw in zip(texts, raws)] + [0])
+    return round(max(head, body) * CHAR_PX) + PAD_PX
+
+
+def _is_number(raw: Any) -> bool:
+    return not isinstance(raw, str) and num(raw) is not None
+
+
+def split_wide(table: Shown, page_px: int | None = None) -> list[Shown]:
+    """The table in parts no wider than `page_px` (as estimated by `column_px`): each part repeats the leading key
+    columns (KEY_COLUMNS, at most KEY_SHARE of the page) and takes the other columns in order, each exactly once.
+    A table that fits is one part; a single column wider than what is left still gets a part of its own, and a
+    group of columns closed by a ratio (kind "x") is not split from its ratio."""
+    page_px = page_px or BODY_PX
+    widths = [column_px(h, [r[i] for r in table.rows], [r[i] for r in table.raws])
+              for i, h in enumerate(table.headers)]
+    if sum(widths) <= page_px:
+        return [table]
+    key = 0
+    while key < len(table.names) - 1 and table.names[key] in KEY_COLUMNS \
+            and sum(widths[:key + 1]) <= KEY_SHARE * page_px:
+        key += 1
+    groups: list[list[int]] = []
+    used = page_px  # start a new part at the first column
+    for i in range(key, len(widths)):
+        # break after the part's last ratio column when it has one: a ratio closes its group of columns
+        # (OpenVision, caption-only, CLIP, then their ratio), which then stays together; a ratio whose group
+        # fills the whole part stays in it, a little too wide, rather than stand alone in the next
+        cut = max((n + 1 for n, j in enumerate(groups[-1]) if table.kinds[j] == "x"), default=0) if groups else 0
+        lone_ratio = bool(groups) and cut == 0 and table.kinds[i] == "x"
+        if used + widths[i] > page_px and not lone_ratio:
+            carried = groups[-1][cut:] if 0 < cut < len(groups[-1]) else []
+            if carried:
+                del groups[-1][cut:]
+            groups.append(carried)
+            used = sum(widths[:key]) + sum(widths[j] for j in carried)
+        groups[-1].append(i)
+        used += widths[i]
+    return [table.columns(list(range(key)) + g, (n + 1, len(groups)), key) for n, g in enumerate(groups)]
+
+
 def view(table: Table, columns: list[Column] | None = None, *,
          dedupe: bool = False) -> tuple[list[str], list[list[str]]]:
-    cols = shown_columns(table, columns)
-    rows = [[cell(r, c) for c in cols] for _, r in table.frame.iterrows()]
-    if dedupe:
-        rows = list(dict.fromkeys(map(tuple, rows)))
-    return [c.header for c in cols], [list(r) for r in rows]
+    """Headers and formatted rows of a table, whole (unsplit)."""
+    t = shown_table(table, columns, dedupe=dedupe)
+    return t.headers, t.rows
+
+
+def part_note(t: Shown) -> str:
+    """'part 2 of 3' under a split table's parts, saying which columns repeat."""
+    if t.part[1] == 1:
+        return ""
+    repeat = f"; its first {t.key} column(s) repeat in every part" if t.key else ""
+    return f"Part {t.part[0]} of {t.part[1]} of a table too wide for one page{repeat}."
 
 
 def savings_view(table: Table, needles: tuple[str, ...]) -> list[Column]:
@@ -145,7 +220,7 @@ def tables_json(rep: Report) -> dict:
         "tables": {name: {"title": t.title, "columns": {c.name: c.header for c in t.columns},
                           "notes": t.notes, "rows": table_records(t)}
                    for name, t in rep.tables.items()},
-        "plots": [{"file": p.file, "title": p.title, "caption": p.caption} for p in rep.plots],
+        "plots": [{"file": p.file, "title": p.title, "caption": p.caption, "footer": p.footer} for p in rep.plots],
     }
 
 
@@ -179,6 +254,7 @@ def _sections(rep: Report) -> list[tuple[str, Any]]:
             if needles != ("max_batch",):
                 items.append(("table", (sav, savings_view(sav, needles), False)))
                 continue
+            items.append(("note", paper.max_batch_note()))
             searched = _with_max_batch(sav)
             if searched.frame.empty:
                 items.append(("p", "No max-batch search matches a setting of this table (a sweep point with "
@@ -195,7 +271,7 @@ def _sections(rep: Report) -> list[tuple[str, Any]]:
                 items.append(("note", n))
         for n in sav.notes:
             items.append(("note", n))
-        for f in ("step_time.png", "peak_memory.png"):
+        for f in ("savings.png", "step_time.png", "peak_memory.png"):
             if f in plots:
                 items.append(("img", plots[f]))
     items.append(("h2", t["paper_comparison"].title))
@@ -237,6 +313,14 @@ def _sections(rep: Report) -> list[tuple[str, Any]]:
     return items
 
 
+def _shown(kind: str, payload: Any) -> Shown:
+    """A ("table", (table, columns, dedupe)) or ("raw_table", (headers, rows)) item of `_sections`, as shown."""
+    if kind == "raw_table":
+        return raw_shown(*payload)
+    tab, cols, dedupe = payload
+    return shown_table(tab, cols, dedupe=dedupe)
+
+
 def _with_max_batch(sav: Table) -> Table:
     """The savings rows where some side has a max-batch search (the rest would be all 'no search' cells)."""
     f = sav.frame
@@ -259,11 +343,11 @@ def render_md(rep: Report) -> str:
             out.append(payload + "\n")
         elif kind == "note":
             out.append(f"> {payload}\n")
-        elif kind == "table":
-            tab, cols, dedupe = payload
-            out.append(_md_table(*view(tab, cols, dedupe=dedupe)) + "\n")
-        elif kind == "raw_table":
-            out.append(_md_table(*payload) + "\n")
+        elif kind in ("table", "raw_table"):
+            for part in split_wide(_shown(kind, payload)):
+                out.append(_md_table(part.headers, part.rows) + "\n")
+                if part_note(part):
+                    out.append(f"*{part_note(part)}*\n")
         elif kind == "img":
             out.append(f"![{payload.title}]({payload.file})\n\n*{payload.caption}*\n")
     return "\n".join(out)
@@ -272,19 +356,22 @@ def render_md(rep: Report) -> str:
 # -- HTML ----------------------------------------------------------------------------------------
 
 CSS = """
-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
-h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ddd; }
-h3 { font-size: 15px; margin-bottom: 6px; }
-table { border-collapse: collapse; font-size: 12px; margin: 8px 0 16px; }
-th, td { border: 1px solid #ccc; padding: 3px 6px; vertical-align: top; }
-th { background: #f3f3f3; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.why { color: #777; font-style: italic; }
-td.bad { color: #b00020; font-weight: bold; }
-.note { color: #444; font-size: 13px; border-left: 3px solid #ccc; padding-left: 8px; margin: 6px 0; }
-figure { margin: 12px 0 24px; } figcaption { font-size: 12px; color: #555; max-width: 1100px; }
-img { max-width: 100%; border: 1px solid #eee; }
-.scroll { overflow-x: auto; }
+body {{ font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px; color: #222;
+       max-width: {body_px}px; }}
+h1 {{ font-size: 22px; }} h2 {{ font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ddd; }}
+h3 {{ font-size: 15px; margin-bottom: 6px; }}
+table {{ border-collapse: collapse; font-size: 12px; margin: 8px 0 16px; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 6px; vertical-align: top; }}
+th {{ background: #f3f3f3; text-align: left; }}
+td {{ overflow-wrap: break-word; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }}
+td.why {{ color: #777; font-style: italic; }}
+td.bad {{ color: #b00020; font-weight: bold; }}
+.note {{ color: #444; font-size: 13px; border-left: 3px solid #ccc; padding-left: 8px; margin: 6px 0; }}
+.part {{ color: #777; font-size: 12px; font-style: italic; margin: -12px 0 16px; }}
+figure {{ margin: 12px 0 24px; }} figcaption {{ font-size: 12px; color: #555; max-width: 1100px; }}
+img {{ max-width: 100%; border: 1px solid #eee; }}
+.scroll {{ overflow-x: auto; }}
 """
 
 
@@ -303,30 +390,17 @@ def _td(text: str, raw: Any, kind: str) -> str:
     return f"<td{attr}>{html.escape(text)}</td>"
 
 
-def _html_table(tab: Table | None, cols: list[Column] | None, dedupe: bool = False, raw: tuple | None = None) -> str:
-    if raw is not None:
-        headers, rows = raw
-        raws, kinds = rows, ["text"] * len(headers)
-    else:
-        cols = shown_columns(tab, cols)
-        headers, kinds = [c.header for c in cols], [c.kind for c in cols]
-        rows, raws, seen = [], [], set()
-        for _, r in tab.frame.iterrows():
-            shown = [cell(r, c) for c in cols]
-            if dedupe and tuple(shown) in seen:
-                continue
-            seen.add(tuple(shown))
-            rows.append(shown)
-            raws.append([r.get(c.name) for c in cols])
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(_td(str(c), rv, k) for c, rv, k in zip(row, rr, kinds)) + "</tr>"
-                   for row, rr in zip(rows, raws))
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+def _html_table(t: Shown) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
+    body = "".join("<tr>" + "".join(_td(str(c), rv, k) for c, rv, k in zip(row, rr, t.kinds)) + "</tr>"
+                   for row, rr in zip(t.rows, t.raws))
+    out = f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    return out + (f'<p class="part">{html.escape(part_note(t))}</p>' if part_note(t) else "")
 
 
 def render_html(rep: Report) -> str:
     parts = ['<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">',
-             "<title>ovprof report</title>", f"<style>{CSS}</style></head><body>"]
+             "<title>ovprof report</title>", f"<style>{CSS.format(body_px=BODY_PX)}</style></head><body>"]
     for kind, payload in _sections(rep):
         if kind in ("h1", "h2", "h3"):
             parts.append(f"<{kind}>{html.escape(payload)}</{kind}>")
@@ -334,10 +408,8 @@ def render_html(rep: Report) -> str:
             parts.append(f"<p>{html.escape(payload)}</p>")
         elif kind == "note":
             parts.append(f'<p class="note">{html.escape(payload)}</p>')
-        elif kind == "table":
-            parts.append(_html_table(*payload))
-        elif kind == "raw_table":
-            parts.append(_html_table(None, None, raw=payload))
+        elif kind in ("table", "raw_table"):
+            parts += [_html_table(t) for t in split_wide(_shown(kind, payload))]
         elif kind == "img":
             data = base64.b64encode((rep.out / payload.file).read_bytes()).decode("ascii")
             parts.append(f'<figure><img alt="{html.escape(payload.title)}" src="data:image/png;base64,{data}">'
@@ -369,25 +441,29 @@ def print_summary(rep: Report, console) -> None:
                         "other way)", title_justify="left")
     t.add_column("setting", overflow="fold")
     t.add_column("caption-only masking")
-    for _, header, _ in spec:
-        t.add_column(header, justify="right", overflow="fold")
+    units = {col: cells.column_unit(f[col] if col in f else (), kind) for col, _, kind in spec}
+    for col, header, _ in spec:
+        t.add_column(cells.shown_header(header, units[col]), justify="right", overflow="fold")
     for _, r in f.iterrows():
         setting = f"{r['encoder_res']} b{r['batch_per_device']}x{r['world_size']} z{r['zero']} {r['precision']}"
         if r["other_settings"] != "-":
             setting += f" {r['other_settings']}"
-        cells = [_escape(setting), _escape(r["caption_variant"])]
+        row = [_escape(setting), _escape(r["caption_variant"])]
         for col, _, kind in spec:
             v = r.get(col)
             if isinstance(v, str):
                 style = "red" if v in BAD or v.endswith(tuple(f" {b}" for b in BAD)) else "dim"
-                cells.append(f"[{style}]{_escape(_short(v))}[/]")
+                row.append(f"[{style}]{_escape(_short(v))}[/]")
             else:
-                cells.append(fmt(v, kind))
-        t.add_row(*cells)
+                row.append(fmt(v, kind, units[col]))
+        t.add_row(*row)
     console.print(t)
     if not paper_rows.all():
-        console.print("[dim]paper, other settings (orientation only, not comparable): ViT-L/14@224 on TPU v4 "
-                      "(JAX): time 1.46x, memory 1.78x, max batch 4x, FLOPs 1.30x; see the report's paper "
+        p = paper.SETTINGS[0]
+        h = paper.HEADLINE[p.encoder]
+        console.print(f"[dim]paper, other settings (orientation only, not comparable): {p.label} on TPU v4 "
+                      f"(JAX): time {fmt(h['time_x'], 'x')}, memory {fmt(h['memory_x'], 'x')}, max batch "
+                      f"{fmt(h['max_batch_x'], 'x')}, FLOPs {fmt(h['flops_x'], 'x')}; see the report's paper "
                       "reference table.[/]")
 
 

@@ -245,6 +245,7 @@ def paper_reference(runs: pd.DataFrame) -> Table:
     if matching:
         notes.append(f"Rows of {', '.join(matching)} carry the paper's figures in adjacent columns of the "
                      "comparison table below, with what differs.")
+    notes.append(paper.max_batch_note())
     cols = [Column("paper_setting", "paper setting"), Column("hardware", "paper hardware"),
             Column("openvision_time_h", "OpenVision time h", "num"),
             Column("caption_time_h", "OpenVision 2 time h", "num"),
