@@ -133,7 +133,7 @@ _RUN_COLUMNS = (
      "derived", "breakdown_time_ms", "breakdown_memory_bytes"]
 )
 _MB_COLUMNS = ["run_id", "status", "variant", "side", *VARIANT_FIELDS, "setting_key_nobatch", "config_key_nobatch",
-               "max_batch", "first_oom_batch", "limit_reached", "trials", "error_message"]
+               "max_batch", "first_oom_batch", "limit_reached", "trials", "error_message", "config"]
 
 
 def _run_row(r: R.RunRecord) -> dict:
@@ -180,7 +180,7 @@ def _max_batch_row(r: R.MaxBatchRecord, env_by_run: dict[str, dict]) -> dict:
         "config_key_nobatch": key_of(config_only),
         "max_batch": r.max_batch, "first_oom_batch": r.first_oom_batch,
         "limit_reached": r.limit_reached or (r.status == "ok" and r.first_oom_batch is None),
-        "trials": r.trials, "error_message": _first_line(err.get("message")),
+        "trials": r.trials, "error_message": _first_line(err.get("message")), "config": cfg,
     }
 
 

@@ -287,8 +287,10 @@ def _sections(rep: Report) -> list[tuple[str, Any]]:
                                 mem_rows)))
     for name, plot in (("families", "families.png"), ("mask_ratio", "mask_ratio.png"), ("batch", "batch_memory.png"),
                        ("zero", "zero_memory.png"), ("loss_impl", None), ("levers", None),
-                       ("where_it_goes", None)):
+                       ("levers_study", "levers_study.png"), ("where_it_goes", None)):
         tab = t[name]
+        if name == "levers_study" and tab.frame.empty:  # a study's own section: absent from other reports
+            continue
         items.append(("h2", tab.title))
         if name == "zero":
             items.append(("note", bucket_note(d.runs)))

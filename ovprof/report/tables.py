@@ -34,6 +34,7 @@ from ovprof.report.cells import (GIB, SETTING_COLUMNS, SIDE_NAME, SIDES, SOURCE_
 from ovprof.report.estimated import estimated_tables
 from ovprof.report.families import families_table
 from ovprof.report.load import Data
+from ovprof.report.stacking import stacking_table
 from ovprof.report.where import where_table
 from ovprof.report.savings import NOT_PAPER, paper_comparison, paper_reference, savings
 
@@ -57,6 +58,7 @@ def build(data: Data) -> dict[str, Table]:
         "zero": zero_table(data, ctx),
         "loss_impl": loss_impl_table(data, ctx),
         "levers": levers_table(data, ctx),
+        "levers_study": stacking_table(data, ctx),
         "where_it_goes": where_table(data, ctx),
         "runs": runs_table(data, ctx),
         **estimated_tables(data.runs),  # ovprof estimate, kept in its own section
