@@ -80,3 +80,21 @@ def test_report_writes_the_table_and_the_waterfall(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     assert "Levers study" in md and "levers_study.png" in md
     assert any(p.file == "levers_study.png" for p in rep.plots)
+
+
+def test_estimated_max_batch_beside_each_search(tmp_path):
+    """The report's estimate section puts the analytic max batch under the search's budget beside what it found."""
+    from ovprof.estimate import max_batch
+    from ovprof.report.load import load
+    from ovprof.report.tables import build
+
+    f = build(load([_store(tmp_path)]))["estimated_max_batch"].frame
+    assert len(f) == len(POINTS)
+    for (over, _, mb), (_, r) in zip(POINTS, f.iterrows()):
+        cfg = RunConfig(**BASE, batch=1, **over)
+        want, _ = max_batch(cfg, int(0.25 * 2**30), "analytic", "native", limit=1 << 16)
+        assert r["estimated_max_batch"] == want and r["limit"] == "budget 0.25 GiB"
+        if mb:
+            assert r["found_max_batch"] == mb and r["error_pct"] == pytest.approx(100 * (want / mb - 1))
+        else:
+            assert r["found_max_batch"] == "search error" and r["error_pct"] == "-"

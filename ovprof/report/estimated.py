@@ -52,7 +52,64 @@ def _vs_measured(runs: pd.DataFrame) -> Table:
                  notes, empty_reason="No ok run with a tracked peak to compare with.")
 
 
-def estimated_tables(runs: pd.DataFrame) -> dict[str, Table]:
+def _max_batch_vs_found(max_batch: pd.DataFrame, runs: pd.DataFrame) -> Table:
+    """Each max-batch search's result beside the analytic estimate's max batch for the same config under the
+    same limit: the memory budget (CPU: a cap on live tensor bytes, which the estimate models), or the GPU."""
+    from ovprof.config import ConfigError
+    from ovprof.estimate import max_batch as predict
+    from ovprof.results.record import run_config
+
+    gpu_bytes = {}
+    if "gpu_memory_bytes" in runs:
+        for _, r in runs.iterrows():
+            if not pd.isna(r.get("gpu_memory_bytes")):
+                gpu_bytes[r["setting_key"]] = int(r["gpu_memory_bytes"])
+    rows = []
+    for _, m in max_batch.iterrows():
+        cfg_d = m.get("config")
+        if not isinstance(cfg_d, dict):
+            continue
+        budget = cfg_d.get("memory_budget_gib")
+        if budget:
+            limit, where = int(budget * 2**30), f"budget {budget:g} GiB"
+        else:  # the device itself: only a GPU's memory is known to the estimate
+            found_gpu = next(iter(gpu_bytes.values()), None)
+            if found_gpu is None:
+                continue
+            limit, where = found_gpu, f"GPU {found_gpu / 2**30:.1f} GiB"
+        try:
+            cfg = run_config(dict(cfg_d, batch=1))
+        except ConfigError:
+            continue
+        attention = "flash" if gpu_bytes else "native"  # as _vs_measured: CPU runs take the native kernel
+        est, _ = predict(cfg, limit, ESTIMATE_METHOD, attention, limit=1 << 16)
+        found = m["max_batch"] if m["status"] == "ok" else None
+        if m["status"] == "oom":
+            found = 0  # even the first batch did not fit: the largest that fits is below it
+        rows.append({"run_id": m["run_id"], "variant": m["variant"], "encoder": cfg.encoder, "res": cfg.res,
+                     "zero": cfg.zero, "world_size": cfg.world_size, "limit": where,
+                     "found_max_batch": found if found is not None else f"search {m['status']}",
+                     "first_oom_batch": m["first_oom_batch"] if not pd.isna(m["first_oom_batch"]) else "-",
+                     "estimated_max_batch": est,
+                     "error_pct": (100 * (est / found - 1)) if found else "-"})
+    frame = pd.DataFrame(rows)
+    notes = []
+    if len(frame):
+        errs = [abs(e) for e in frame["error_pct"] if not isinstance(e, str)]
+        if errs:
+            notes.append(f"Analytic max batch vs the search's over {len(errs)} search(es): mean |error| "
+                         f"{sum(errs) / len(errs):.1f}%, max {max(errs):.1f}%. The search stops within its granularity "
+                         "of the boundary (found <= true max < first oom); the estimate is exact to one image of its "
+                         "own model. Found 0: even the search's first batch did not fit.")
+    cols = [Column("variant", "variant"), Column("encoder", "encoder"), Column("res", "res", "int"),
+            Column("zero", "ZeRO", "int"), Column("world_size", "ranks", "int"), Column("limit", "limit"),
+            Column("found_max_batch", "found max batch", "int"), Column("first_oom_batch", "first oom", "int"),
+            Column("estimated_max_batch", "estimated max batch", "int"), Column("error_pct", "error %", "num")]
+    return Table("estimated_max_batch", "Estimated vs found: the max batch of each search", frame, cols, notes,
+                 empty_reason="No max-batch search under a known limit (a memory budget, or a GPU).")
+
+
+def estimated_tables(runs: pd.DataFrame, max_batch: pd.DataFrame | None = None) -> dict[str, Table]:
     from ovprof.estimate.paper import paper_table
 
     rows = paper_table(ESTIMATE_METHOD)
@@ -86,4 +143,5 @@ def estimated_tables(runs: pd.DataFrame) -> dict[str, Table]:
         "estimated_paper_max_batch": Table("estimated_paper_max_batch",
                                            "ESTIMATED: max global batch on 32 devices of 32 and 80 GiB", mb, mb_cols),
         "estimated_vs_measured": _vs_measured(runs),
+        "estimated_max_batch": _max_batch_vs_found(max_batch if max_batch is not None else pd.DataFrame(), runs),
     }

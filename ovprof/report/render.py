@@ -304,7 +304,8 @@ def _sections(rep: Report) -> list[tuple[str, Any]]:
             items.append(("img", plots[plot]))
     items.append(("h2", "Estimated (not measured)"))
     items.append(("note", "Everything in this section is predicted by `ovprof estimate`, not measured."))
-    for name in ("estimated_vs_measured", "estimated_paper_memory", "estimated_paper_max_batch"):
+    for name in ("estimated_vs_measured", "estimated_max_batch", "estimated_paper_memory",
+                 "estimated_paper_max_batch"):
         tab = t[name]
         items.append(("h3", tab.title))
         for n in tab.notes:

@@ -61,5 +61,5 @@ def build(data: Data) -> dict[str, Table]:
         "levers_study": stacking_table(data, ctx),
         "where_it_goes": where_table(data, ctx),
         "runs": runs_table(data, ctx),
-        **estimated_tables(data.runs),  # ovprof estimate, kept in its own section
+        **estimated_tables(data.runs, data.max_batch),  # ovprof estimate, kept in its own section
     }
