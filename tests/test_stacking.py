@@ -31,7 +31,7 @@ def _store(tmp_path):
         lines.append(R.RunRecord(run_id=cfg.run_id, status="ok", config=cfg.resolved().to_dict(),
                                  metrics={"peak_tracked_bytes": peak, "step_time_ms_median": 100.0},
                                  env=ENV, sweep="levers-study").to_json())
-        search = dict(cfg.resolved().to_dict(), batch="max")
+        search = dict(cfg.resolved().to_dict(), batch="max", memory_budget_gib=0.125)  # searches: a smaller budget
         lines.append(R.MaxBatchRecord(run_id=f"mb-{cfg.run_id}", status="ok" if mb else "error", config=search,
                                       max_batch=mb, env=ENV, sweep="levers-study").to_json())
     store = tmp_path / "levers.jsonl"
@@ -52,6 +52,7 @@ def test_rows_ratios_and_chain(tmp_path):
         assert r["memory_x"] == pytest.approx(240_000_000 / peak)
         if mb:
             assert r["max_batch"] == mb and r["max_batch_x"] == pytest.approx(mb / 34)
+            assert r["max_batch_budget_gib"] == 0.125
         else:  # a failed search is a reason, never a number
             assert r["max_batch"] == "search error" and "this run search error" in r["max_batch_x"]
     # the waterfall: caption-only, + mask, + fused CE, + ckpt vision
@@ -92,8 +93,8 @@ def test_estimated_max_batch_beside_each_search(tmp_path):
     assert len(f) == len(POINTS)
     for (over, _, mb), (_, r) in zip(POINTS, f.iterrows()):
         cfg = RunConfig(**BASE, batch=1, **over)
-        want, _ = max_batch(cfg, int(0.25 * 2**30), "analytic", "native", limit=1 << 16)
-        assert r["estimated_max_batch"] == want and r["limit"] == "budget 0.25 GiB"
+        want, _ = max_batch(cfg, int(0.125 * 2**30), "analytic", "native", limit=1 << 16)
+        assert r["estimated_max_batch"] == want and r["limit"] == "budget 0.125 GiB"
         if mb:
             assert r["found_max_batch"] == mb and r["error_pct"] == pytest.approx(100 * (want / mb - 1))
         else:

@@ -567,7 +567,9 @@ def levers_study_figure(frame: pd.DataFrame):
                   for i in order]
         for ax, col, title, line in ((axes[gi][0], "memory_x", f"lower peak memory (x), batch {batch}",
                                       ref["memory_x"]),
-                                     (axes[gi][1], "max_batch_x", "larger max batch (x), same budget",
+                                     (axes[gi][1], "max_batch_x", "larger max batch (x), searched under "
+                                      + ", ".join(dict.fromkeys(f"{b:g} GiB" if num(b) is not None else str(b)
+                                                                for b in g["max_batch_budget_gib"])),
                                       ref["max_batch_x"])):
             prev = None
             for y, i in enumerate(order):

@@ -64,16 +64,28 @@ def _group_key(r: pd.Series) -> str:
     return key_of({k: r[k] for k in GROUP_FIELDS if k in r})
 
 
+# A search may run under another budget than the fixed-batch runs (sweeps/levers-study.toml: a smaller one, so
+# that its trials stay small): the search of a run is the one whose config equals the run's but for these.
+SEARCH_FREE = ("batch", "memory_budget_gib")
+
+
 def _max_batch(data: Data, r: pd.Series) -> pd.Series | None:
-    """The search whose config is this run's with batch "max" (same levers, budget, everything)."""
+    """The search whose config is this run's with batch "max" (same levers, everything but SEARCH_FREE)."""
     mb = data.max_batch
-    if mb.empty:
+    if mb.empty or "config" not in mb:
         return None
-    cfg = {k: v for k, v in r["config"].items() if k != "batch"}
-    want = key_of(cfg)
-    hit = mb[mb["config"].map(lambda c: key_of({k: v for k, v in c.items() if k != "batch"}) == want)] \
-        if "config" in mb else mb.iloc[0:0]
+
+    def key(c: dict) -> str:
+        return key_of({k: v for k, v in c.items() if k not in SEARCH_FREE})
+
+    want = key(r["config"])
+    hit = mb[mb["config"].map(lambda c: isinstance(c, dict) and key(c) == want)]
     return None if hit.empty else hit.iloc[-1]
+
+
+def _budget(rec: pd.Series | None) -> Any:
+    b = None if rec is None else rec["config"].get("memory_budget_gib")
+    return b if b else "the device"
 
 
 def _mb_value(rec: pd.Series | None) -> Any:
@@ -108,7 +120,8 @@ def stacking_table(data: Data, ctx: Context | None = None) -> Table:
     for base, cap in stacking_groups(data):
         where = ctx.where(base, drop=STACK_LEVERS)
         base_peak = metric(base, "peak_tracked_bytes", BASELINE, where, scale=GIB)
-        base_mb = _mb_value(_max_batch(data, base))
+        base_search = _max_batch(data, base)
+        base_mb = _mb_value(base_search)
         base_time = metric(base, "time_per_sample_ms", BASELINE, where)
 
         def row(r: pd.Series, kind: str) -> dict:
@@ -117,12 +130,17 @@ def stacking_table(data: Data, ctx: Context | None = None) -> Table:
             label = ("OpenVision (baseline)" if kind == "baseline" else
                      "caption-only" if not names else ("+ " if kind == "alone" else "") + " + ".join(names))
             peak = metric(r, "peak_tracked_bytes", side, where, scale=GIB)
-            mb = _mb_value(_max_batch(data, r))
+            search = _max_batch(data, r)
+            mb = _mb_value(search)
+            if search is not None and base_search is not None and _budget(search) != _budget(base_search):
+                mb_x = f"budget {_budget(search)} vs the baseline's {_budget(base_search)}"
+            else:
+                mb_x = ratio(mb, base_mb, "this run", "baseline")
             t = metric(r, "time_per_sample_ms", side, where)
             return {"setting": where, "batch": int(r["batch"]), "kind": kind, "levers": label,
                     "lever_count": len(names), "status": r["status"], "peak_tracked_gib": peak,
                     "memory_x": ratio(base_peak, peak, "baseline", "this run"),
-                    "max_batch": mb, "max_batch_x": ratio(mb, base_mb, "this run", "baseline"),
+                    "max_batch": mb, "max_batch_x": mb_x, "max_batch_budget_gib": _budget(search),
                     "ms_per_sample": t, "time_x": ratio(base_time, t, "baseline", "this run"),
                     "run_id": r["run_id"]}
 
@@ -141,6 +159,7 @@ def stacking_table(data: Data, ctx: Context | None = None) -> Table:
             Column("levers", "levers"), Column("status", "status"),
             Column("peak_tracked_gib", "peak tracked GiB (per device)", "gib"),
             Column("memory_x", "memory: baseline / this x", "x"), Column("max_batch", "max batch", "int"),
+            Column("max_batch_budget_gib", "search budget GiB", "num"),
             Column("max_batch_x", "max batch: this / baseline x", "x"), Column("ms_per_sample", "ms per sample", "ms"),
             Column("time_x", "time per sample: baseline / this x", "x")]
     notes = ["Each caption-only run against the OpenVision baseline at the same setting and batch: memory is the "
