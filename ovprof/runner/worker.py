@@ -176,6 +176,19 @@ def die_with_parent() -> None:
         pass
 
 
+
+# Modules DeepSpeed imports when installed but a worker never uses: `deepspeed.autotuning` tries `import mlflow`
+# (with ovprof[mlflow] installed: ~2 s, and mlflow imports pandas and pyarrow, whose jemalloc starts a background
+# thread, so the warm-start zygote could no longer fork). A None in sys.modules makes that import fail at once,
+# which DeepSpeed handles (has_mlflow = False).
+UNUSED_IMPORTS = ("mlflow",)
+
+
+def skip_unused_imports() -> None:
+    """Make DeepSpeed's optional imports of UNUSED_IMPORTS fail fast in this process (a worker, the zygote)."""
+    for name in UNUSED_IMPORTS:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+
 class Runner:
     def __init__(self, spec: dict, result_dir: Path):
         from ovprof.config import from_mapping
@@ -211,6 +224,7 @@ class Runner:
         self.phase = "imports"
         import importlib
 
+        skip_unused_imports()
         import torch
 
         import deepspeed

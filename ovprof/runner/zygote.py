@@ -43,6 +43,9 @@ def _warm() -> str | None:
     """Import what a worker needs; None when forking is safe afterwards, else why not."""
     import importlib
 
+    from ovprof.runner.worker import skip_unused_imports
+
+    skip_unused_imports()
     for name in WARM_IMPORTS:
         importlib.import_module(name)
     try:  # deepspeed.initialize imports its Muon optimizer module (torch.compile decorators) on first use
@@ -168,7 +171,9 @@ class Zygote:
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
                                      # numpy's OpenBLAS would start a thread at import; a single-threaded
                                      # zygote forks safely (torch's own intra-op pool starts in each child)
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1"))
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1",
+                                              # pyarrow's jemalloc, if anything imports it: no background thread
+                                              JE_ARROW_MALLOC_CONF="background_thread:false"))
         msg = self._read(time.monotonic() + self.START_TIMEOUT_S)
         if not msg or not msg.get(READY):
             self.refused = (msg or {}).get("refused", "the zygote did not start")
