@@ -93,6 +93,18 @@ def test_bad_flags_and_a_missing_submitit_refuse_before_anything_is_submitted(cl
     assert not (tmp_path / "s.jsonl.submitit").exists() and not (tmp_path / "s.jsonl.submitit.jsonl").exists()
 
 
+def test_sweep_run_help_names_the_options_without_importing_submitit_or_torch():
+    code = ("import sys; from typer.testing import CliRunner; from ovprof.cli import app; "
+            "r = CliRunner().invoke(app, ['sweep', 'run', '--help'], env={'COLUMNS': '200'}); "
+            "assert r.exit_code == 0, r.output; print(r.output); "
+            "print([m for m in ('submitit', 'torch') if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("[]"), r.stdout + r.stderr
+    for flag in ("--executor", "--cluster", "--partition", "--nodes", "--gpus-per-node", "--time", "--account",
+                 "--sbatch", "--submitit-folder", "--max-jobs"):
+        assert flag in r.stdout, flag
+
+
 def test_nodes_per_point_follow_gpus_per_node_and_must_split_evenly():
     o = CL.ClusterOptions(executor="submitit", cluster="slurm", gpus_per_node=8)
     assert [CL.check_point(w, o, "p") for w in (1, 8, 16)] == [1, 1, 2]

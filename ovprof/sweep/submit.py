@@ -243,6 +243,9 @@ def run_sweep_submitit(expansion: Expansion, opts: ExecOptions, copts: ClusterOp
         rep.note(f"re-attached to {len(inflight)} job(s) still pending or running: "
                  + ", ".join(f.ref.job_id for f in inflight))
     rep.note(f"submitit: {copts.describe()}; job files in {folder}")
+    # a job may start in another folder, on another node: it gets absolute paths
+    job_opts = dataclasses.replace(opts, store=str(Path(opts.store).resolve()),
+                                   log_dir=str(Path(opts.log_dir or Path(opts.store).parent / "logs").resolve()))
     executor = make_executor(cluster, folder) if queue else None
     visible = local_gpus() if cluster == "local" and queue else ()
     limit = (copts.max_jobs or LOCAL_MAX_JOBS) if cluster == "local" else math.inf
@@ -269,7 +272,7 @@ def run_sweep_submitit(expansion: Expansion, opts: ExecOptions, copts: ClusterOp
             executor.update_parameters(**parameters(copts, cluster, nodes=n, minutes=minutes,
                                                     name=f"ovprof-{spec.name}", visible_gpus=visible))
             with executor.batch():
-                jobs = [executor.submit(point_job, p, opts, spec.name, since, str(folder)) for p in group]
+                jobs = [executor.submit(point_job, p, job_opts, spec.name, since, str(folder)) for p in group]
             for plan, job in zip(group, jobs):
                 entry = {"run_id": plan.run_id, "job_id": str(job.job_id), "folder": str(executor.folder),
                          "cluster": cluster, "submitted_at": _now(), "sweep": spec.name, "nodes": n}
