@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 TOOLS = ("sbatch", "srun", "sacct", "squeue", "scancel")
@@ -44,7 +45,7 @@ def _state_dir() -> Path:
 def _log(tool: str, argv: list[str]) -> None:
     with open(_state_dir() / "calls.jsonl", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        f.write(json.dumps({"tool": tool, "argv": argv}) + "\n")
+        f.write(json.dumps({"tool": tool, "argv": argv, "t": time.time()}) + "\n")
 
 
 def _next_id() -> int:

@@ -214,6 +214,31 @@ def test_fake_slurm_one_array_reattaches_a_running_job_and_resubmits_a_dead_one(
     assert out.skipped == 3 and out.counts == {"ok": 1} and R.latest(R.read_store(opts.store).runs)[p4.run_id].done
 
 
+def test_a_point_another_process_holds_is_waited_for_and_run_once_its_holder_dies(tmp_path, monkeypatch):
+    from test_reliability import _hold_claim
+
+    state = _fake_slurm(tmp_path, monkeypatch)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(submit, "point_job", fake_jobs.point_job)
+    f = tmp_path / "s.toml"
+    f.write_text(tiny_toml())
+    exp = S.expand(S.load(f))
+    opts = ExecOptions(store=str(tmp_path / "s.jsonl"), timeout_s=60)
+    holder = _hold_claim(Path(opts.store), exp.plans[0].run_id)  # a local sweep running it, say; then it dies
+    killed = []
+    killer = threading.Timer(1.0, lambda: (holder.kill(), killed.append(time.time())))
+    killer.start()
+    try:
+        copts = CL.resolve({}, None, {"executor": "submitit", "cluster": "slurm"})
+        out = submit.run_sweep_submitit(exp, opts, copts, reporter=Reporter(1, live=False))
+    finally:
+        killer.join()
+        holder.wait()
+    assert out.counts == {"ok": 1} and len(R.read_store(opts.store).runs) == 1
+    (sbatch,) = [c for c in fake_slurm.calls(state) if c["tool"] == "sbatch"]
+    assert sbatch["t"] > killed[0]  # submitted only once its holder was gone
+
+
 def test_inside_a_job_a_done_or_claimed_point_is_not_run_again(tmp_path, monkeypatch):
     from ovprof.results import claims
     from ovprof.runner import launch

@@ -246,8 +246,7 @@ def run_sweep_submitit(expansion: Expansion, opts: ExecOptions, copts: ClusterOp
     # a job may start in another folder, on another node: it gets absolute paths
     job_opts = dataclasses.replace(opts, store=str(Path(opts.store).resolve()),
                                    log_dir=str(Path(opts.log_dir or Path(opts.store).parent / "logs").resolve()))
-    executor = make_executor(cluster, folder) if queue else None
-    visible = local_gpus() if cluster == "local" and queue else ()
+    made: dict = {}  # submitit's executor, made at the first submission (a sweep that only re-attaches makes none)
     limit = (copts.max_jobs or LOCAL_MAX_JOBS) if cluster == "local" else math.inf
     poll = float(os.environ.get("OVPROF_SUBMITIT_POLL_S") or POLL_S[cluster])
     t0 = time.monotonic()
@@ -264,6 +263,10 @@ def run_sweep_submitit(expansion: Expansion, opts: ExecOptions, copts: ClusterOp
             rep.finish(rec.status, rec.wall_time_s, note or detail)
 
     def submit(batch: list[RunPlan]) -> None:
+        if not made:
+            made["executor"] = make_executor(cluster, folder)
+            made["gpus"] = local_gpus() if cluster == "local" else ()
+        executor, visible = made["executor"], made["gpus"]
         groups: dict[int, list[RunPlan]] = {}
         for plan in batch:
             groups.setdefault(nodes_of[plan.run_id], []).append(plan)
