@@ -47,7 +47,6 @@ OWN_SBATCH = {"partition": "partition", "nodes": "nodes", "time": "time", "accou
 SBATCH_KEY = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 TIME_MARGIN_MIN = 5  # job time beyond the point's own timeout: job start, imports, submitit's signal delay (90 s)
 LOCAL_MAX_JOBS = 1  # the local cluster runs one job at a time unless told (each job would take every core)
-RANK_FILES_GRACE_S = 30.0  # how long the first node waits for the other nodes' rank files after its own ranks end
 
 PIP_HINT = "pip install 'ovprof[slurm]'"
 
