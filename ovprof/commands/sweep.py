@@ -178,7 +178,30 @@ def run(
     max_points: Optional[int] = MAX_POINTS_OPT,
     slots: Optional[int] = typer.Option(None, "--slots", metavar="N", help="Run up to N points at once, each on "
                                         "its own devices: disjoint GPUs, or disjoint CPU cores with a matching "
-                                        "thread count  \\[default: the file's [executor] slots, else 1]"),
+                                        "thread count  \\[default: the file's \\[executor] slots, else 1]"),
+    executor: Optional[str] = typer.Option(None, "--executor", metavar="local|submitit",
+                                           help="local: this machine (default); submitit: each point a cluster job "
+                                                "(docs/scale.md)  \\[default: the file's \\[executor] executor]"),
+    cluster: Optional[str] = typer.Option(None, "--cluster", metavar="local|slurm|auto",
+                                          help="submitit: slurm, or local (submitit's executor on this machine); auto: "
+                                               "slurm where sbatch and srun are on PATH"),
+    partition: Optional[str] = typer.Option(None, "--partition", help="submitit/Slurm: the partition."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", metavar="N", help="submitit: nodes per point  \\[default: "
+                                        "ceil(world_size / gpus per node), 1 without GPUs]"),
+    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", metavar="G",
+                                                help="submitit: GPUs each job asks per node."),
+    time_min: Optional[int] = typer.Option(None, "--time", metavar="MIN", help="submitit: job time limit in minutes "
+                                           " \\[default: the point's timeout (x max-batch trials) + 5]"),
+    account: Optional[str] = typer.Option(None, "--account", help="submitit/Slurm: the account charged."),
+    sbatch: list[str] = typer.Option([], "--sbatch", metavar="KEY=VALUE",
+                                     help="submitit/Slurm: any other sbatch option, e.g. --sbatch qos=high --sbatch "
+                                          "exclusive (repeatable)."),
+    submitit_folder: Optional[Path] = typer.Option(None, "--submitit-folder", metavar="DIR",
+                                                   help="submitit: job logs and pickles, on a filesystem the nodes "
+                                                        "share  \\[default: STORE.submitit/ beside the store]"),
+    max_jobs: Optional[int] = typer.Option(None, "--max-jobs", metavar="N",
+                                           help="submitit: jobs pending or running at once (Slurm: the array's %N) "
+                                                " \\[default: 1 on the local cluster, 256 on Slurm]"),
 ) -> None:
     from rich.text import Text
 
@@ -191,6 +214,16 @@ def run(
     from ovprof.paths import input_file, output_dir, output_file
 
     exp = _expand(file, set_, memory_budget, max_points)
+    from ovprof.runner import cluster as CL
+
+    copts = CL.resolve(exp.spec.executor, f"{file} [executor]",
+                       {"executor": executor, "cluster": cluster, "partition": partition, "nodes": nodes,
+                        "gpus_per_node": gpus_per_node, "time": time_min, "account": account,
+                        "sbatch": CL.sbatch_from_cli(sbatch),
+                        "submitit_folder": str(submitit_folder) if submitit_folder is not None else None,
+                        "max_jobs": max_jobs})
+    if copts.submitit:
+        CL.require_submitit()
     if launcher not in ("torchrun", "deepspeed"):
         raise UsageError(f"--launcher {launcher!r}: must be torchrun or deepspeed")
     if hostfile is not None:
@@ -200,7 +233,9 @@ def run(
     store = store_path or Path(exp.spec.store)
     output_file(store, "--store" if store_path else f"{file}: store", not_same_as=(file,))
     output_dir(store.parent / "logs", "log folder")
-    if hostfile is None:
+    if copts.submitit:
+        output_dir(copts.folder(store), "--submitit-folder" if submitit_folder else "submitit folder")
+    if hostfile is None and not copts.submitit:  # a submitit point's devices are the job's, not this machine's
         check_world_sizes(exp)
     spec = exp.spec
     opts = ExecOptions(store=str(store_path or spec.store), timeout_s=timeout or spec.timeout_s, launcher=launcher,
@@ -213,11 +248,20 @@ def run(
     n_slots = slots if slots is not None else spec.slots
     if n_slots < 1:
         raise UsageError(f"--slots {n_slots}: must be at least 1")
-    if n_slots > 1:
-        from ovprof.runner.slots import make_slots
+    if copts.submitit:
+        if n_slots > 1:
+            raise UsageError(f"--slots {n_slots} is for the local executor; under submitit, --max-jobs N runs up to "
+                             "N jobs at once")
+        from ovprof.sweep.submit import check_plans, run_sweep_submitit
 
-        make_slots(n_slots, max(p.config.world_size for p in exp.plans))  # refuse before anything runs
-    outcome = run_sweep(exp, opts, rerun=rerun, reporter=None, slots=n_slots)
+        check_plans(exp, copts, opts)  # refuse before anything is submitted
+        outcome = run_sweep_submitit(exp, opts, copts, rerun=rerun, reporter=None)
+    else:
+        if n_slots > 1:
+            from ovprof.runner.slots import make_slots
+
+            make_slots(n_slots, max(p.config.world_size for p in exp.plans))  # refuse before anything runs
+        outcome = run_sweep(exp, opts, rerun=rerun, reporter=None, slots=n_slots)
     render_summary(outcome)
     resume = "ovprof " + shlex.join(a for a in sys.argv[1:] if a != "--rerun")
     if outcome.store_error:
@@ -230,6 +274,10 @@ def run(
                   f"{len(exp.plans)} points done ({sum(o.status in ('ok', 'oom') for o in outcome.ran)} in this "
                   f"run); every finished record is in {opts.store}. Resume with:", highlight=False)
         err.print(f"  {resume}", highlight=False, markup=False, soft_wrap=True)
+    if outcome.left_running:
+        err.print(f"{len(outcome.left_running)} submitted job(s) keep running and record their points: "
+                  f"{', '.join(outcome.left_running)}. The same command re-attaches to them (scancel stops them).",
+                  highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
 
 

@@ -17,6 +17,12 @@ worker dies, and Ctrl-C takes the job's processes down before it propagates.
 Ports: each job's rendezvous port is leased under an exclusive lock file
 (`port_lease`), so concurrent points, in this process or another ovprof
 process, never pick the same one.
+
+Several nodes: inside a submitit job that spans nodes, each node's task runs
+a `LocalExecutor(nodes=NodeGroup(...))`: torchrun for that node's ranks, the
+rendezvous at the job's first node on a port every node derives from the job
+id, the rank files in a folder on the shared filesystem, read by the first
+node (ovprof/runner/cluster.py, ovprof/sweep/submit.py).
 """
 
 from __future__ import annotations
@@ -74,6 +80,29 @@ class JobResult:
     started_at: str = ""
     finished_at: str = ""
     wall_time_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """This node's part of a point that spans several: torchrun for its ranks, meeting at the first node."""
+
+    nnodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    result_dir: Path  # on the shared filesystem: every node's ranks write their rank<r>.json here
+
+    def torchrun(self, world_size: int) -> list[str]:
+        """torchrun's arguments for this node (global rank = node_rank * ranks per node + local rank)."""
+        return ["--nnodes", str(self.nnodes), "--node_rank", str(self.node_rank), "--nproc_per_node",
+                str(world_size // self.nnodes), "--master_addr", self.master_addr, "--master_port",
+                str(self.master_port)]
+
+    def ranks(self, world_size: int) -> list[int]:
+        """The global ranks this node runs."""
+        per = world_size // self.nnodes
+        return list(range(self.node_rank * per, (self.node_rank + 1) * per))
+
 
 
 class Executor(Protocol):
@@ -151,9 +180,11 @@ def deepspeed_devices(n: int, environ=os.environ) -> list[str]:
 
 
 def worker_command(cfg: RunConfig, opts: ExecOptions, spec: Path, result_dir: Path, port: int,
-                   environ=os.environ) -> list[str]:
+                   environ=os.environ, nodes: NodeGroup | None = None) -> list[str]:
     worker = ["-m", "ovprof.runner.worker", "--spec", str(spec), "--result-dir", str(result_dir)]
     n = cfg.world_size
+    if nodes is not None:  # one node of a multi-node job (ovprof/runner/cluster.py): torchrun for this node's ranks
+        return [sys.executable, "-m", "torch.distributed.run", *nodes.torchrun(n), *worker]
     if n == 1 and not opts.hostfile:
         return [sys.executable, *worker]
     if opts.launcher == "deepspeed" or opts.hostfile:
@@ -269,12 +300,17 @@ def _read_ranks(result_dir: Path) -> list[dict]:
 class LocalExecutor:
     """Runs jobs one at a time on this machine, each in its own process group and temporary directory."""
 
-    def __init__(self, on_start=None, on_phase=None, poll_s: float = 0.5, slot=None, cancel=None):
+    def __init__(self, on_start=None, on_phase=None, poll_s: float = 0.5, slot=None, cancel=None,
+                 nodes: NodeGroup | None = None, rank_files_grace_s: float = 30.0):
         self.on_start = on_start  # called with the Popen of each job's worker (tests kill it)
         self.on_phase = on_phase  # called with the worker's latest phase line whenever it changes
         self.poll_s = poll_s
         self.slot = slot  # ovprof/runner/slots.py: the devices or cores this executor's workers may use
         self.cancel = cancel  # a threading.Event: set, the running worker's tree is killed (Ctrl-C with slots)
+        # This node's share of a multi-node point (a submitit job): torchrun with the job's rendezvous, rank files
+        # in a shared folder; the first node waits up to rank_files_grace_s for the other nodes' files.
+        self.nodes = nodes
+        self.rank_files_grace_s = rank_files_grace_s
 
     def run(self, jobs: Iterable[Job]) -> Iterator[JobResult]:
         for job in jobs:
@@ -288,15 +324,20 @@ class LocalExecutor:
         clear_stale_locks(warn=_warn)
         out = JobResult(job=job, started_at=_now())
         t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f"ovprof-{cfg.run_id}-") as tmp, port_lease() as port:
-            tmp = Path(tmp)
+        nodes = self.nodes
+        with contextlib.ExitStack() as stack:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"ovprof-{cfg.run_id}-")))
+            # A multi-node job's port is the one every node computed from the job id; its ranks' files go where
+            # the first node can read them.
+            port = nodes.master_port if nodes is not None else stack.enter_context(port_lease())
             spec = tmp / "spec.json"
             spec.write_text(json.dumps({"config": cfg.to_dict(), "ds_config": job.ds_config,
                                         **({"profile": job.profile} if job.profile else {})}))
-            result_dir = tmp / "result"
-            cmd = worker_command(cfg, opts, spec, result_dir, port)
+            result_dir = nodes.result_dir if nodes is not None else tmp / "result"
+            cmd = worker_command(cfg, opts, spec, result_dir, port, nodes=nodes)
             env = dict(os.environ)
-            env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONUNBUFFERED": "1"})
+            env.update({"MASTER_ADDR": nodes.master_addr if nodes is not None else "127.0.0.1",
+                        "MASTER_PORT": str(port), "PYTHONUNBUFFERED": "1"})
             if cfg.world_size == 1:
                 env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
             else:
@@ -337,6 +378,11 @@ class LocalExecutor:
                 for pid in leftovers:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
+            if nodes is not None and nodes.node_rank == 0 and not out.timed_out:
+                # the other nodes' ranks may end a moment after this node's: wait briefly for their files
+                deadline = time.perf_counter() + self.rank_files_grace_s
+                while len(list(result_dir.glob("rank*.json"))) < cfg.world_size and time.perf_counter() < deadline:
+                    time.sleep(0.2)
             out.ranks = _read_ranks(result_dir)
         out.exit_code = proc.returncode
         out.wall_time_s = time.perf_counter() - t0
@@ -345,7 +391,8 @@ class LocalExecutor:
 
     def _zygote(self, cfg: RunConfig, opts: ExecOptions):
         """This thread's warm zygote for a single-rank point on a CPU machine, or None to spawn afresh."""
-        if cfg.world_size != 1 or opts.hostfile or os.environ.get("OVPROF_ZYGOTE", "1") == "0":
+        if cfg.world_size != 1 or opts.hostfile or self.nodes is not None \
+                or os.environ.get("OVPROF_ZYGOTE", "1") == "0":
             return None
         from ovprof.runner.zygote import for_this_thread
 

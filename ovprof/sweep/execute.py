@@ -107,6 +107,7 @@ class SweepOutcome:
     shared: int = 0  # points another sweep on the same store finished while this one ran
     wall_s: float = 0.0
     index: StoreIndex | None = None
+    left_running: list[str] = field(default_factory=list)  # submitit: jobs still pending or running when it stopped
 
     @property
     def ran(self) -> list[PointOutcome]:
@@ -357,7 +358,8 @@ def _max_batch_point(plan: RunPlan, ctx: _Ctx) -> MaxBatchRecord:
             rec = index.done_run(cfg.run_id, rerun)
         reused = rec is not None
         while rec is None:
-            with claims.claim(opts.store, cfg.run_id) as mine:
+            # claimed in the sweep's store (inside a submitit job, opts.store is the job's inbox file)
+            with claims.claim(index.path, cfg.run_id) as mine:
                 with ctx.lock:
                     index.refresh()
                     rec = index.done_run(cfg.run_id, rerun)

@@ -28,10 +28,11 @@ from ovprof import config as C
 from ovprof.config import ConfigError, RunConfig, from_mapping, unknown_key_error
 from ovprof.errors import UsageError
 from ovprof.paths import plain_name
+from ovprof.runner import cluster
 
 MAX = "max"  # the sweep-level batch value that asks for the max-batch search
 TOP_KEYS = ("name", "description", "store", "timeout_s", "base", "axes", "zip", "exclude", "max_batch", "executor")
-EXECUTOR_KEYS = ("slots",)
+EXECUTOR_KEYS = ("slots", *cluster.KEYS)  # ovprof/runner/cluster.py: executor = "submitit" and its options
 MAX_BATCH_KEYS = ("start", "granularity", "limit")
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -63,6 +64,8 @@ class SweepSpec:
     excludes: tuple[dict[str, tuple], ...]  # each: field -> accepted values (a point matching all is dropped)
     max_batch: MaxBatchOptions
     slots: int = 1  # [executor] slots: points run at once on disjoint devices (--slots overrides)
+    # [executor] executor, cluster, partition, ...: checked values, resolved with the flags by cluster.resolve
+    executor: dict[str, Any] = field(default_factory=dict)
 
     @property
     def grid_fields(self) -> tuple[str, ...]:
@@ -312,8 +315,11 @@ def load(path: str | Path) -> SweepSpec:
     slots = ex.get("slots", 1)
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
         raise ConfigError("must be a positive integer (points run at once)", source=s_ex, key="slots", value=slots)
+    executor = {k: cluster.check_value(k, v, s_ex) for k, v in ex.items() if k != "slots"}
+    cluster.resolve(executor, s_ex, {})  # submitit keys without executor = "submitit", ...: refused at load
     return SweepSpec(path=src, name=name, description=description.strip(), store=store, timeout_s=float(timeout_s),
-                     base=base, axes=axes, zips=tuple(zips), excludes=tuple(excludes), max_batch=mbo, slots=slots)
+                     base=base, axes=axes, zips=tuple(zips), excludes=tuple(excludes), max_batch=mbo, slots=slots,
+                     executor=executor)
 
 
 def overrides_from_cli(pairs: list[str], memory_budget_gib: float | None = None) -> dict[str, Any]:
