@@ -52,6 +52,10 @@ def test_the_deepspeed_config_carries_the_optimizer_and_the_accumulation():
     assert build(dataclasses.replace(base, optimizer_impl="fused"))["optimizer"]["params"]["fused"] is True
     # bf16 moments: no optimizer block, the worker hands DeepSpeed ovprof's AdamW
     assert "optimizer" not in build(dataclasses.replace(base, optimizer_state_dtype="bf16"))
+    # ... which DeepSpeed refuses under ZeRO unless told it may (an optimizer it has not listed)
+    assert "zero_allow_untested_optimizer" not in build(dataclasses.replace(base, optimizer_state_dtype="bf16"))
+    assert build(dataclasses.replace(base, optimizer_state_dtype="bf16", zero=1))["zero_allow_untested_optimizer"]
+    assert "zero_allow_untested_optimizer" not in build(dataclasses.replace(base, zero=1))
     ds = build(dataclasses.replace(base, grad_accum=4, world_size=2))
     assert ds["gradient_accumulation_steps"] == 4 and ds["train_batch_size"] == TINY["batch"] * 4 * 2
 
@@ -100,6 +104,17 @@ def test_the_estimate_models_each_lever(kw):
     if "grad_accum" in kw:
         assert e1.flops_per_step == 2 * e0.flops_per_step
         assert e1.forward_bytes == e0.forward_bytes + 4 * P  # the accumulated gradients, live from micro-step 2
+
+
+@pytest.mark.slow
+def test_bf16_moments_run_under_zero(tmp_path):
+    """DeepSpeed's ZeRO wraps ovprof's AdamW (the levers study stacks both)."""
+    from ovprof.config import ExecOptions
+    from ovprof.runner.launch import run_point
+
+    rec = run_point(RunConfig(**{**TINY, "optimizer_state_dtype": "bf16", "zero": 1}),
+                    ExecOptions(store=str(tmp_path / "r.jsonl")))
+    assert rec.status == "ok", rec.error
 
 
 @pytest.mark.slow

@@ -24,7 +24,8 @@ from `config.optimizer_impl`): left at None, torch would pick foreach on CUDA
 only, and the step's memory would differ. With optimizer_state_dtype bf16 the
 config has no optimizer block: the worker hands DeepSpeed ovprof's
 AdamWBf16Moment (ovprof/kernels/adamw.py) with the same hyperparameters
-(`ADAMW_PARAMS`), and DeepSpeed wraps it as it wraps its own.
+(`ADAMW_PARAMS`), and DeepSpeed wraps it as it wraps its own (at ZeRO 1-3 with
+`zero_allow_untested_optimizer`, which DeepSpeed asks of any optimizer it has not listed).
 
 Accumulation: `grad_accum` is DeepSpeed's gradient_accumulation_steps (a base
 that sets gradient_accumulation_steps speaks for grad_accum, as for the fields
@@ -142,4 +143,8 @@ def build(cfg: RunConfig) -> dict[str, Any]:
         if optimizer_impl(c) == "fused":
             params["fused"] = True
         ours["optimizer"] = {"type": "AdamW", "params": params}
+    elif "optimizer" not in base and c.zero > 0:
+        # ZeRO wraps any torch optimizer, but DeepSpeed refuses one it has not listed unless told (the client
+        # AdamWBf16Moment steps whatever tensors it is given: ZeRO 1/2 hand it the rank's flat fp32 partition)
+        ours["zero_allow_untested_optimizer"] = True
     return deep_merge(base, ours)
