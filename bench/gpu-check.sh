@@ -4,6 +4,7 @@
 #   bench/gpu-check.sh                       # run; results under reports/gpu/<date>/ (commit them)
 #   bench/gpu-check.sh --out DIR             # elsewhere
 #   bench/gpu-check.sh --dry-run             # validate every command without running it (CI does, on a CPU)
+#   bench/gpu-check.sh --only fused-ce,report  # these checks alone (names below), e.g. to rerun one
 #
 # Stage 1 (issue 18, item 9; about 5 minutes on an H100/H200):
 #   env         ovprof env --json: the environment block every record carries
@@ -28,20 +29,29 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
 
 DRY=0
 OUT=""
+ONLY=""
+ALL_CHECKS=(env nvml pytest-gpu healthy forced-oom near-limit verify families fused-ce paper-l14 report)
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --dry-run) DRY=1 ;;
         --out) [[ $# -ge 2 ]] || { echo "--out needs a directory" >&2; exit 2; }; OUT="$2"; shift ;;
         --out=*) OUT="${1#--out=}" ;;
+        --only) [[ $# -ge 2 ]] || { echo "--only needs check names, comma-separated" >&2; exit 2; }; ONLY="$2"; shift ;;
+        --only=*) ONLY="${1#--only=}" ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
+if [[ -n "$ONLY" ]]; then
+    for name in ${ONLY//,/ }; do
+        [[ " ${ALL_CHECKS[*]} " == *" $name "* ]] || { echo "--only: unknown check '$name' (one of: ${ALL_CHECKS[*]})" >&2; exit 2; }
+    done
+fi
 OUT="${OUT:-reports/gpu/$(date +%Y-%m-%d)}"
 PY="${PYTHON:-python}"
 OVPROF=("$PY" -m ovprof.cli)
@@ -56,6 +66,7 @@ trap 'rm -rf "$SCRATCH"' EXIT
 check() {
     local name="$1"; shift
     [[ "$1" == "--" ]] && shift
+    if [[ -n "$ONLY" && ",$ONLY," != *",$name,"* ]]; then return; fi
     local cmd=() vcmd=()
     while [[ $# -gt 0 && "$1" != "--validate" ]]; do cmd+=("$1"); shift; done
     [[ $# -gt 0 ]] && { shift; vcmd=("$@"); }

@@ -21,10 +21,10 @@ CHECKS = ("env", "nvml", "pytest-gpu", "healthy", "forced-oom", "near-limit", "v
           "families", "fused-ce", "paper-l14", "report")  # stage 2: issue 16, item 5
 
 
-def dry_run(tmp_path, python=sys.executable):
+def dry_run(tmp_path, python=sys.executable, *extra):
     env = dict(os.environ, PYTHON=str(python), PYTHONPATH=str(ROOT))
-    return subprocess.run(["bash", str(SCRIPT), "--dry-run", "--out", str(tmp_path / "out")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(["bash", str(SCRIPT), "--dry-run", "--out", str(tmp_path / "out"), *extra], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_dry_run_validates_every_check_and_writes_nothing(tmp_path):
@@ -46,8 +46,21 @@ def test_dry_run_fails_when_a_command_would_not_run(tmp_path):
     fake = tmp_path / "python"
     fake.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = --collect-only ] && exit 5; done\nexec {sys.executable} "$@"\n')
     fake.chmod(0o755)
-    r = dry_run(tmp_path, python=fake)
+    r = dry_run(tmp_path, fake, "--only", "env,pytest-gpu")  # the two checks alone (--only): the rest is slow
     assert r.returncode == 1 and "INVALID" in r.stdout and "dry run: 1 invalid" in r.stdout, r.stdout
+    assert "== env: " in r.stdout and "== healthy: " not in r.stdout
+
+
+def test_the_script_names_each_check_once():
+    """--only's list is the checks the script runs, in order, and the ones this file expects."""
+    import re
+
+    text = SCRIPT.read_text()
+    listed = re.search(r"^ALL_CHECKS=\((.*)\)$", text, re.M).group(1).split()
+    run = re.findall(r"^check ([a-z0-9-]+) -- ", text, re.M)
+    assert listed == run == list(CHECKS)
+    r = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--only", "nope"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown check 'nope'" in r.stderr
 
 
 def test_default_output_directory_is_reports_gpu_date():
