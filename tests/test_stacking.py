@@ -32,6 +32,10 @@ def _store(tmp_path):
                                  metrics={"peak_tracked_bytes": peak, "step_time_ms_median": 100.0},
                                  env=ENV, sweep="levers-study").to_json())
         search = dict(cfg.resolved().to_dict(), batch="max", memory_budget_gib=0.125)  # searches: a smaller budget
+        trial = RunConfig(**{**BASE, **over, "batch": 16, "memory_budget_gib": 0.125})  # its trials: no study rows
+        lines.append(R.RunRecord(run_id=trial.run_id, status="ok", config=trial.resolved().to_dict(),
+                                 metrics={"peak_tracked_bytes": peak // 2}, env=ENV, sweep="levers-study",
+                                 max_batch_search=f"mb-{cfg.run_id}").to_json())
         lines.append(R.MaxBatchRecord(run_id=f"mb-{cfg.run_id}", status="ok" if mb else "error", config=search,
                                       max_batch=mb, env=ENV, sweep="levers-study").to_json())
     store = tmp_path / "levers.jsonl"

@@ -130,7 +130,7 @@ _RUN_COLUMNS = (
      "setting_key", "gpu_memory_bytes", "gpu_count", "cpu_count", "error_type", "error_message",
      "step_time_ms_median", "step_time_ms_p10", "step_time_ms_p90", "samples_per_s", "time_per_sample_ms",
      *MEMORY_SOURCES.values(), *(f"bd_{k}" for k in BREAKDOWN), "null_reasons", "sweep", "started_at", "config",
-     "derived", "breakdown_time_ms", "breakdown_memory_bytes"]
+     "derived", "breakdown_time_ms", "breakdown_memory_bytes", "max_batch_search"]
 )
 _MB_COLUMNS = ["run_id", "status", "variant", "side", *VARIANT_FIELDS, "setting_key_nobatch", "config_key_nobatch",
                "max_batch", "first_oom_batch", "limit_reached", "trials", "error_message", "config"]
@@ -157,6 +157,7 @@ def _run_row(r: R.RunRecord) -> dict:
         **{col: m.get(col) for col in MEMORY_SOURCES.values()},
         **{f"bd_{k}": (bd.get(k) if bd else None) for k in BREAKDOWN},
         "null_reasons": r.null_reasons, "sweep": r.sweep, "started_at": r.started_at, "config": cfg,
+        "max_batch_search": r.max_batch_search,  # a search's trial: the run_id of that search
         "derived": r.derived,
         "breakdown_time_ms": m.get("breakdown_time_ms"), "breakdown_memory_bytes": m.get("breakdown_memory_bytes"),
     }

@@ -103,6 +103,8 @@ def stacking_groups(data: Data) -> list[tuple[pd.Series, pd.DataFrame]]:
     runs = data.runs
     if runs.empty or any(f not in runs for f in STACK_LEVERS):
         return []
+    if "max_batch_search" in runs:  # a search's trials are its own business: the study compares its fixed batches
+        runs = runs[runs["max_batch_search"].isna()]
     out = []
     for (_, _batch), g in runs.groupby([runs.apply(_group_key, axis=1), runs["batch"]], sort=False):
         base = g[(g["side"] == BASELINE) & g.apply(lambda r: not lever_names(r), axis=1)]
