@@ -103,3 +103,31 @@ def test_estimated_max_batch_beside_each_search(tmp_path):
             assert r["found_max_batch"] == mb and r["error_pct"] == pytest.approx(100 * (want / mb - 1))
         else:
             assert r["found_max_batch"] == "search error" and r["error_pct"] == "-"
+
+
+def test_a_searchs_trials_are_one_savings_row(tmp_path):
+    """Trials of a setting no fixed run has: one savings row, at the largest batch both sides ran ok; trials of a
+    setting with fixed runs: no row of their own."""
+    from ovprof.report.load import load
+    from ovprof.report.tables import build
+
+    lines = []
+    for budget, fixed in ((0.125, False), (0.25, True)):
+        for obj, oks in (("openvision", (8, 16)), ("caption", (8, 16, 24))):
+            search = RunConfig(**{**BASE, "objective": obj, "batch": 1, "memory_budget_gib": budget})
+            for b in (*oks, oks[-1] * 2):
+                cfg = RunConfig(**{**BASE, "objective": obj, "batch": b, "memory_budget_gib": budget})
+                ok = b in oks
+                lines.append(R.RunRecord(run_id=cfg.run_id, status="ok" if ok else "oom",
+                                         config=cfg.resolved().to_dict(),
+                                         metrics={"peak_tracked_bytes": 1000 * b} if ok else {}, env=ENV,
+                                         max_batch_search=f"mb-{search.run_id}").to_json())
+            if fixed:
+                cfg = RunConfig(**{**BASE, "objective": obj, "batch": 32, "memory_budget_gib": budget})
+                lines.append(R.RunRecord(run_id=cfg.run_id, status="ok", config=cfg.resolved().to_dict(),
+                                         metrics={"peak_tracked_bytes": 5}, env=ENV).to_json())
+    store = tmp_path / "s.jsonl"
+    store.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    f = build(load([store]))["savings"].frame
+    rows = sorted(zip(f["batch_per_device"], f["other_settings"]))
+    assert [b for b, _ in rows] == [16, 32], rows  # 0.125 GiB: batch 16 (both ok); 0.25 GiB: its fixed batch only

@@ -16,7 +16,7 @@ from ovprof.report import paper
 from ovprof.report.cells import (BASELINE, CANDIDATE, GIB, SETTING_COLUMNS, SIDE_NAME, SIDES, SOURCE_NAME,
                                  Column, Context, Table, analytic_gflops, max_batch_cell, max_batch_lookup,
                                  memory_sources, metric, num, ratio, run_gflops, setting_cells)
-from ovprof.report.load import MEMORY_SOURCES, Data
+from ovprof.report.load import MEMORY_SOURCES, Data, nobatch_keys
 
 NOT_PAPER = "settings differ from the paper's: see the paper reference table"
 
@@ -33,6 +33,7 @@ def _pick(g: pd.DataFrame) -> pd.Series | None:
 
 def savings(data: Data, ctx: Context) -> Table:
     runs = data.runs
+    runs = _one_batch_per_search(runs)
     sources = memory_sources(runs)
     rows = []
     for _, g in runs.groupby("setting_key", sort=False):
@@ -65,6 +66,26 @@ def savings(data: Data, ctx: Context) -> Table:
                      "Read their speed-ups with care, or run them again with more steps.")
     return Table("savings", "Savings: OpenVision (CLIP-style) vs caption-only (OpenVision 2)", frame, cols, notes,
                  empty_reason="no setting has both an OpenVision-style and a caption-only objective measured")
+
+
+def _one_batch_per_search(runs: pd.DataFrame) -> pd.DataFrame:
+    """A max-batch search's trials are its max batch's evidence, not settings of their own: of the trials of a
+    setting (all but batch) that no other run has, keep one batch, the largest that both OpenVision and
+    caption-only ran ok (else the largest both ran, else the largest), so the search's setting has one row."""
+    if "max_batch_search" not in runs or runs["max_batch_search"].isna().all():
+        return runs
+    trial = runs["max_batch_search"].notna()
+    nobatch = runs.apply(lambda r: nobatch_keys(r)[0], axis=1)
+    keep = ~trial
+    for key in nobatch[trial].unique():
+        if (nobatch[~trial] == key).any():
+            continue  # the setting has runs of its own: they are its rows
+        g = runs[trial & (nobatch == key)]
+        both_ok = [b for b, gb in g.groupby("batch") if {"openvision", "caption"} <= set(gb[gb["status"] == "ok"]["side"])]
+        both = [b for b, gb in g.groupby("batch") if {"openvision", "caption"} <= set(gb["side"])]
+        batch = max(both_ok or both or list(g["batch"]))
+        keep |= trial & (nobatch == key) & (runs["batch"] == batch)
+    return runs[keep]
 
 
 def _savings_row(data: Data, ctx: Context, any_run: pd.Series, ov, cap, clip, sources) -> dict:
