@@ -39,9 +39,13 @@ class ConfigError(ValueError):
 
 
 def printable(text: object, limit: int = 200) -> str:
-    """User text safe to echo: control characters escaped, at most `limit` characters."""
+    """User text safe to echo: control characters escaped, at most `limit` characters (cut in the middle, so that
+    both ends stay: a path's file name is at its end)."""
     s = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
-    return s if len(s) <= limit else s[: limit - 3] + "..."
+    if len(s) <= limit:
+        return s
+    head = (limit - 3) // 2
+    return s[:head] + "..." + s[len(s) - (limit - 3 - head):]
 
 
 class UsageError(ValueError):

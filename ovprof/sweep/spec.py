@@ -190,8 +190,9 @@ def _table(data: Any, what: str, source: str) -> dict:
 
 
 def _brief(v: Any) -> Any:
+    """v, or its repr cut in the middle when long: both ends stay (a path's file name is at its end)."""
     s = repr(v)
-    return v if len(s) <= 60 else s[:57] + "..."
+    return v if len(s) <= 60 else s[:27] + "..." + s[-30:]
 
 
 def _values(key: str, raw: Any, source: str, here: Path | None = None) -> tuple:
