@@ -95,8 +95,8 @@ def output_dir(path: str | Path, what: str) -> Path:
     return p
 
 
-def input_file(path: str | Path, what: str, *, missing: str = "no such file") -> Path:
-    """A file ovprof will read (a store, a sweep file, a DeepSpeed config, a baseline)."""
+def _input(path: str | Path, what: str, missing: str, folder: bool) -> Path:
+    """A path ovprof will read: present, of the right kind, readable; else one BadPath naming it."""
     p = Path(path)
     try:
         st = os.stat(p)
@@ -104,27 +104,23 @@ def input_file(path: str | Path, what: str, *, missing: str = "no such file") ->
         raise _bad(what, p, missing) from None
     except OSError as e:
         raise _bad(what, p, f"cannot read it ({e.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
+    if folder and not stat.S_ISDIR(st.st_mode):
+        raise _bad(what, p, f"is {_kind(st.st_mode).replace('not a regular file', 'a file')}, not a folder")
+    if not folder and not stat.S_ISREG(st.st_mode):
         raise _bad(what, p, f"is {_kind(st.st_mode)}, not a file")
-    if not os.access(p, os.R_OK):
+    if not os.access(p, os.R_OK | (os.X_OK if folder else 0)):
         raise _bad(what, p, "is not readable")
     return p
+
+
+def input_file(path: str | Path, what: str, *, missing: str = "no such file") -> Path:
+    """A file ovprof will read (a store, a sweep file, a DeepSpeed config, a baseline)."""
+    return _input(path, what, missing, folder=False)
 
 
 def input_dir(path: str | Path, what: str, *, missing: str = "no such folder") -> Path:
     """A folder ovprof will read (a report to attach to an export)."""
-    p = Path(path)
-    try:
-        st = os.stat(p)
-    except (FileNotFoundError, NotADirectoryError):
-        raise _bad(what, p, missing) from None
-    except OSError as e:
-        raise _bad(what, p, f"cannot read it ({e.strerror})") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise _bad(what, p, f"is {_kind(st.st_mode).replace('not a regular file', 'a file')}, not a folder")
-    if not os.access(p, os.R_OK | os.X_OK):
-        raise _bad(what, p, "is not readable")
-    return p
+    return _input(path, what, missing, folder=True)
 
 
 def plain_name(name: str, what: str) -> str:

@@ -24,7 +24,8 @@ from typing import Any
 import pandas as pd
 
 from ovprof.config import DEFAULTS
-from ovprof.report.cells import BASELINE, CANDIDATE, GIB, Column, Context, Table, metric, num, ratio
+from ovprof.report.cells import (BASELINE, CANDIDATE, GIB, Column, Context, Table, max_batch_cell, metric,
+                                 ratio)
 from ovprof.report.load import ENV_FIELDS, SETTING_FIELDS, Data, key_of
 
 # The levers, in the order a study stacks them; each a RunConfig field (zero goes with world_size).
@@ -88,16 +89,6 @@ def _budget(rec: pd.Series | None) -> Any:
     return b if b else "the device"
 
 
-def _mb_value(rec: pd.Series | None) -> Any:
-    if rec is None:
-        return "no max-batch search"
-    if rec["status"] == "ok" and num(rec["max_batch"]) is not None:
-        return int(rec["max_batch"])
-    if rec["status"] == "oom":
-        return "oom at the first batch"
-    return f"search {rec['status']}"
-
-
 def stacking_groups(data: Data) -> list[tuple[pd.Series, pd.DataFrame]]:
     """(baseline run, caption-only runs) per study group, at each fixed batch that has a baseline."""
     runs = data.runs
@@ -123,7 +114,7 @@ def stacking_table(data: Data, ctx: Context | None = None) -> Table:
         where = ctx.where(base, drop=STACK_LEVERS)
         base_peak = metric(base, "peak_tracked_bytes", BASELINE, where, scale=GIB)
         base_search = _max_batch(data, base)
-        base_mb = _mb_value(base_search)
+        base_mb = max_batch_cell(base_search, BASELINE)
         base_time = metric(base, "time_per_sample_ms", BASELINE, where)
 
         def row(r: pd.Series, kind: str) -> dict:
@@ -133,7 +124,7 @@ def stacking_table(data: Data, ctx: Context | None = None) -> Table:
                      "caption-only" if not names else ("+ " if kind == "alone" else "") + " + ".join(names))
             peak = metric(r, "peak_tracked_bytes", side, where, scale=GIB)
             search = _max_batch(data, r)
-            mb = _mb_value(search)
+            mb = max_batch_cell(search, side)
             if search is not None and base_search is not None and _budget(search) != _budget(base_search):
                 mb_x = f"budget {_budget(search)} vs the baseline's {_budget(base_search)}"
             else:

@@ -25,15 +25,15 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
+from ovprof.results.store import safe_key, sidecar
+
 
 def claims_dir(store: str | Path) -> Path:
-    store = Path(store)
-    return store.with_name(store.name + ".claims")
+    return sidecar(store, ".claims")
 
 
 def _path(store: str | Path, key: str) -> Path:
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)[:128]
-    return claims_dir(store) / f"{safe}.claim"
+    return claims_dir(store) / f"{safe_key(key, 128)}.claim"
 
 
 def _try_lock(path: Path) -> int | None:

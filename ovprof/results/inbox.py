@@ -31,14 +31,12 @@ MERGE_KEY = "_inbox-merge"  # the claim that one merge at a time holds
 
 
 def inbox_dir(store_path: str | Path) -> Path:
-    p = Path(store_path)
-    return p.with_name(p.name + ".inbox")
+    return store.sidecar(store_path, ".inbox")
 
 
 def job_file(store_path: str | Path, key: str) -> Path:
     """The file one job writes its records to; `key` names the point and the job (e.g. "<run_id>-<job id>")."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)[:160]
-    return inbox_dir(store_path) / f"{safe}.jsonl"
+    return inbox_dir(store_path) / f"{store.safe_key(key, 160)}.jsonl"
 
 
 def _files(store_path: str | Path) -> list[Path]:

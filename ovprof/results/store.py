@@ -106,6 +106,17 @@ def _write_all(fd: int, data: bytes) -> None:
         written += n
 
 
+
+def sidecar(store_path: str | Path, suffix: str) -> Path:
+    """A path beside the store named after it: STORE + suffix (claims, inbox, submitit ledger and folder)."""
+    p = Path(store_path)
+    return p.with_name(p.name + suffix)
+
+
+def safe_key(key: str, limit: int) -> str:
+    """`key` as a file name: letters, digits, '-', '_' and '.' kept, anything else '_', at most `limit` long."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)[:limit]
+
 @dataclass
 class Cursor:
     """Where a reader stopped: the byte offset after the last whole line it read, and that line's number."""

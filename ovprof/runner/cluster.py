@@ -174,8 +174,9 @@ class ClusterOptions:
     def folder(self, store: str | Path) -> Path:
         if self.submitit_folder:
             return Path(self.submitit_folder)
-        s = Path(store)
-        return s.with_name(s.name + ".submitit")
+        from ovprof.results.store import sidecar
+
+        return sidecar(store, ".submitit")
 
     def describe(self) -> str:
         parts = [f"cluster {self.resolved_cluster()}"]

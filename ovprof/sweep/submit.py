@@ -59,8 +59,7 @@ GO_WAIT_S = 600.0  # how long another node of a job waits for the first node's v
 
 
 def ledger_path(store_path: str | Path) -> Path:
-    p = Path(store_path)
-    return p.with_name(p.name + ".submitit.jsonl")
+    return store.sidecar(store_path, ".submitit.jsonl")
 
 
 def read_ledger(store_path: str | Path) -> dict[str, dict]:
